@@ -1,0 +1,89 @@
+"""The ``collab-llm`` command: a thin dispatcher over the stages.
+
+    collab-llm assets                      fetch MovieLens + SmolLM2 into the cache (offline afterwards)
+    collab-llm prepare ...                 validated, id-mapped, split tables for one data protocol
+    collab-llm cf fit --config ...         train a CF backbone (MF, SASRec) with Lightning
+    collab-llm fit|test|predict --config   train / evaluate an LLM recommender (LightningCLI)
+    collab-llm compare ...                 run several methods on the same data and write a report
+    collab-llm main                        the quick next-item comparison on MovieLens-100K + SmolLM2
+
+Heavy imports happen inside each subcommand so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+_LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+_EPILOG = """\
+typical session:
+  collab-llm assets
+  collab-llm prepare --dataset ml-100k --protocol loo --out work/ml100k_loo
+  collab-llm cf fit --config configs/cf/sasrec_ml100k_loo.yaml
+  collab-llm fit --config configs/llm/experiments/llara.yaml
+  collab-llm compare --help
+Each subcommand has its own --help.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="collab-llm",
+        description="LLM-based recommendation with collaborative signal injected into a frozen LLM.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    a = sub.add_parser("assets", help="fetch MovieLens-100K/1M and SmolLM2-135M into the cache")
+    a.add_argument("--cache", default=None, help="cache folder (default: $COLLAB_LLM_CACHE or ~/.cache/collab_llm)")
+    sub.add_parser("prepare", help="prepare a data protocol (run 'collab-llm prepare --help')", add_help=False)
+    sub.add_parser("cf", help="train / test a CF backbone (run 'collab-llm cf --help')", add_help=False)
+    for name in _LIGHTNING_SUBCOMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} of an LLM recommender from YAML configs", add_help=False)
+    sub.add_parser("compare", help="compare methods on one protocol and write a report", add_help=False)
+    sub.add_parser("main", help="the quick comparison on MovieLens-100K + SmolLM2 (README's main job)", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "assets":
+        args = parser.parse_args(argv)
+        from collab_llm.assets import ensure_assets
+
+        ensure_assets(args.cache)
+        return 0
+    if command == "prepare":
+        from collab_llm.data.cli import main as prepare_main
+
+        return prepare_main(rest) or 0
+    if command == "cf":
+        from cf_models.cli import main as cf_main
+
+        return cf_main(rest) or 0
+    if command in _LIGHTNING_SUBCOMMANDS:
+        from collab_llm.llm_cli import main as llm_main
+
+        return llm_main([command, *rest]) or 0
+    if command == "compare":
+        from collab_llm.compare import main as compare_main
+
+        return compare_main(rest) or 0
+    if command == "main":
+        from collab_llm.compare import main_job
+
+        return main_job(rest) or 0
+    parser.error(f"unknown command {command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
