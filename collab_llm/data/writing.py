@@ -1,0 +1,118 @@
+"""Writing a prepared split folder: parquet tables + ``manifest.json``, atomically.
+
+Folder layout (docs/DESIGN.md): ``items.parquet``, ``users.parquet``, ``interactions.parquet`` (with a
+``split`` column in {train, valid, test, unused}) and the protocol's tables, plus ``manifest.json``
+with ``protocol``, ``source``, ``source_sha256``, ``seed``, ``filters``, ``tables`` (rows per table),
+``n_users``, ``n_items`` and protocol-specific ``stats``. The folder is built in a temporary sibling
+and renamed (:func:`collab_llm.io.atomic_dir`), so a half-written split never exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import collab_llm
+from collab_llm.data.interactions import InteractionData
+from collab_llm.data.ragged import Ragged
+from collab_llm.io import atomic_dir, write_json
+
+SPLITS = ("train", "valid", "test", "unused")
+MANIFEST = "manifest.json"
+
+
+def make_table(columns: Mapping[str, np.ndarray | Ragged]) -> pa.Table:
+    """Arrow table with explicit types: ints -> int64, floats -> float64, bools -> bool,
+    :class:`Ragged` -> ``list<int64>``, strings -> string."""
+    arrays: dict[str, pa.Array] = {}
+    for name, values in columns.items():
+        if isinstance(values, Ragged):
+            arrays[name] = values.to_arrow()
+            continue
+        values = np.asarray(values)
+        if values.dtype == bool:
+            arrays[name] = pa.array(values, pa.bool_())
+        elif np.issubdtype(values.dtype, np.integer):
+            arrays[name] = pa.array(values.astype(np.int64), pa.int64())
+        elif np.issubdtype(values.dtype, np.floating):
+            arrays[name] = pa.array(values.astype(np.float64), pa.float64())
+        else:
+            arrays[name] = pa.array(values.astype(str), pa.string())
+    return pa.table(arrays)
+
+
+def write_split(
+    out: str | Path,
+    data: InteractionData,
+    split: np.ndarray,
+    tables: Mapping[str, pa.Table],
+    protocol: str,
+    seed: int,
+    filters: Mapping[str, object],
+    stats: Mapping[str, object],
+) -> Path:
+    """Write a prepared split folder atomically and return its path.
+
+    Args:
+        out: target folder (replaced if it exists, only once the new one is complete).
+        data: the id-mapped data (its items / users / interactions tables are written).
+        split: ``[len(data.interactions)]`` strings in :data:`SPLITS`, aligned with ``data.interactions``.
+        tables: protocol tables by name (``"train"`` -> ``train.parquet``).
+        protocol: e.g. ``"nextitem/loo"``.
+        seed, filters, stats: recorded in the manifest.
+    """
+    split = np.asarray(split).astype(str)
+    if len(split) != len(data.interactions):
+        raise ValueError(f"split has {len(split)} entries for {len(data.interactions)} interactions")
+    unknown = sorted(set(np.unique(split)) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"split values {unknown} not in {SPLITS}")
+    inter = data.interactions
+    inter_table = make_table(
+        {
+            "user": inter["user"].to_numpy(),
+            "item": inter["item"].to_numpy(),
+            "rating": inter["rating"].to_numpy(),
+            "timestamp": inter["timestamp"].to_numpy(),
+            "split": split,
+        }
+    )
+    all_tables: dict[str, pa.Table] = {
+        "items": pa.Table.from_pandas(data.items, preserve_index=False),
+        "users": pa.Table.from_pandas(data.users, preserve_index=False),
+        "interactions": inter_table,
+        **tables,
+    }
+    counts = {s: int((split == s).sum()) for s in SPLITS}
+    manifest = {
+        "protocol": protocol,
+        "source": data.source,
+        "source_sha256": data.source_sha256,
+        "seed": int(seed),
+        "filters": dict(filters),
+        "tables": {name: t.num_rows for name, t in all_tables.items()},
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "n_interactions": len(inter),
+        "interactions_per_split": counts,
+        "stats": dict(stats),
+        "collab_llm_version": collab_llm.__version__,
+    }
+    with atomic_dir(out) as tmp:
+        for name, table in all_tables.items():
+            pq.write_table(table, tmp / f"{name}.parquet")
+        write_json(tmp / MANIFEST, manifest)
+    return Path(out)
+
+
+def table_stats(table: pa.Table) -> dict[str, int]:
+    """Rows, distinct users and (when present) distinct items / targets of one protocol table."""
+    out = {"rows": table.num_rows}
+    for col in ("user", "item", "target"):
+        if col in table.column_names:
+            out[f"{col}s"] = len(np.unique(table.column(col).to_numpy()))
+    return out
