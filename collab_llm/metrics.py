@@ -28,6 +28,10 @@ def target_ranks(scores: torch.Tensor, target_index: torch.Tensor) -> torch.Tens
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be (B, N), got shape {tuple(scores.shape)}")
+    nan_rows = torch.isnan(scores).any(dim=1).nonzero().flatten()
+    if nan_rows.numel():
+        # a NaN never compares >=, so a NaN target would silently get rank 0 (a perfect hit)
+        raise ValueError(f"scores hold NaN in rows {nan_rows[:10].tolist()}; cannot rank them")
     target_scores = scores.gather(1, target_index.view(-1, 1))
     beats = (scores >= target_scores)
     beats.scatter_(1, target_index.view(-1, 1), False)

@@ -1,0 +1,190 @@
+"""CF backbones: masking identities of SASRec, score consistency, checkpoints and training steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cf_models import CFModel, MatrixFactorization, MFConfig, SASRec, SASRecConfig
+from cf_models.training import MFTask, SASRecTask
+
+torch.set_num_threads(1)
+
+
+def _sasrec(seed: int = 0, **overrides) -> SASRec:
+    torch.manual_seed(seed)
+    cfg = dict(n_items=30, hidden_size=16, num_layers=2, num_heads=2, max_len=8, ffn_dim=32, dropout=0.3,
+               attention_dropout=0.3)
+    cfg.update(overrides)
+    return SASRec(SASRecConfig(**cfg)).eval()
+
+
+def _mf(seed: int = 0, use_bias: bool = True) -> MatrixFactorization:
+    torch.manual_seed(seed)
+    model = MatrixFactorization(MFConfig(n_users=5, n_items=12, embedding_dim=4, use_bias=use_bias))
+    if use_bias:  # non-zero biases so that the bias terms are exercised
+        with torch.no_grad():
+            model.user_bias.weight.normal_()
+            model.item_bias.weight.normal_()
+            model.global_bias.fill_(0.7)
+    return model.eval()
+
+
+def test_sasrec_left_padding_does_not_change_the_representation():
+    model = _sasrec()
+    history = torch.tensor([[3, 7, 1, 9, 4], [0, 0, 0, 5, 6]])
+    padded = torch.cat([torch.zeros(2, 3, dtype=torch.long), history], dim=1)
+    torch.testing.assert_close(model.sequence_representation(padded), model.sequence_representation(history))
+    # every real position too, not only the last
+    torch.testing.assert_close(model.encode(padded)[:, 3:], model.encode(history))
+    # padded positions come out as zeros
+    assert model.encode(padded)[:, :3].abs().max() == 0
+    assert model.encode(history)[1, :3].abs().max() == 0
+
+
+def test_sasrec_is_causal_and_a_later_item_matters():
+    model = _sasrec()
+    a = torch.tensor([[0, 2, 3, 4, 5, 6]])
+    b = a.clone()
+    b[0, 4] = 11  # change the item at position 4
+    ha, hb = model.encode(a), model.encode(b)
+    torch.testing.assert_close(ha[:, :4], hb[:, :4])  # earlier positions do not see it
+    assert (ha[:, 4:] - hb[:, 4:]).abs().max() > 1e-4  # it and later positions do
+
+
+def test_sasrec_keeps_the_most_recent_max_len_items():
+    model = _sasrec(max_len=4)
+    long = torch.tensor([[9, 8, 1, 2, 3, 4]])
+    torch.testing.assert_close(model.sequence_representation(long), model.sequence_representation(long[:, -4:]))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_pair_scores_agree_with_full_scores(tie):
+    mf, sas = _mf(), _sasrec(tie_output_embedding=tie)
+    users = torch.tensor([1, 3, 5])
+    history = torch.tensor([[0, 1, 2], [4, 5, 6], [0, 0, 9]])
+    items = torch.tensor([[1, 2, 12], [5, 5, 7], [3, 11, 10]])
+    full = mf.full_scores(users=users)
+    torch.testing.assert_close(mf.pair_scores(items, users=users), full.gather(1, items))
+    torch.testing.assert_close(mf.pair_scores(items[:, 0], users=users), full.gather(1, items[:, :1]).squeeze(1))
+    full = sas.full_scores(history=history)
+    torch.testing.assert_close(sas.pair_scores(items, history=history), full.gather(1, items))
+    for scores in (mf.full_scores(users=users), sas.full_scores(history=history)):
+        assert torch.isneginf(scores[:, 0]).all() and torch.isfinite(scores[:, 1:]).all()
+
+
+def test_mf_score_is_dot_product_plus_biases():
+    mf = _mf()
+    u, i = torch.tensor([2]), torch.tensor([7])
+    expected = (mf.user_embeddings(u) * mf.item_embeddings(i)).sum() + mf.user_bias.weight[2, 0] + \
+        mf.item_bias.weight[7, 0] + mf.global_bias
+    torch.testing.assert_close(mf.pair_scores(i, users=u), expected.view(1))
+
+
+def test_accessors_refuse_the_wrong_kind_of_query():
+    mf, sas = _mf(), _sasrec()
+    assert mf.user_embeddings(torch.tensor([1, 2])).shape == (2, 4)
+    assert sas.item_embeddings(torch.tensor([[1, 2, 3]])).shape == (1, 3, 16)
+    with pytest.raises(NotImplementedError, match="sequence_representation"):
+        sas.user_embeddings(torch.tensor([1]))
+    with pytest.raises(NotImplementedError, match="not a sequential model"):
+        mf.sequence_representation(torch.tensor([[1, 2]]))
+    with pytest.raises(IndexError, match="expected 0..12"):
+        mf.item_embeddings(torch.tensor([13]))
+
+
+def _untied_sasrec(seed: int = 0) -> SASRec:
+    return _sasrec(seed, tie_output_embedding=False)
+
+
+@pytest.mark.parametrize("make", [_mf, _sasrec, _untied_sasrec])
+def test_save_and_from_pretrained_round_trip(tmp_path, make):
+    model = make(seed=3)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == model.model_type
+    loaded = CFModel.from_pretrained(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    users = torch.tensor([1, 2])
+    history = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    torch.testing.assert_close(loaded.full_scores(users=users, history=history),
+                               model.full_scores(users=users, history=history), rtol=0, atol=0)
+    # saving again replaces the folder atomically (no leftovers next to it)
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_from_pretrained_checks_the_class(tmp_path):
+    _mf().save_pretrained(tmp_path / "mf")
+    with pytest.raises(TypeError, match="MatrixFactorization"):
+        SASRec.from_pretrained(tmp_path / "mf")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        CFModel.from_pretrained(tmp_path / "nothing")
+
+
+def test_sasrec_one_causal_pass_equals_per_prefix_cross_entropy():
+    torch.manual_seed(0)
+    task = SASRecTask(n_items=30, hidden_size=16, num_layers=2, num_heads=2, max_len=6, ffn_dim=32)
+    task.eval()  # no dropout: the identity is exact
+    seq = torch.tensor([[0, 0, 4, 8, 15, 16, 23], [1, 2, 3, 4, 5, 6, 7]])
+    history, target = seq[:, :-1], seq[:, 1:]
+    loss = task.loss(history, target)
+    terms = []
+    for b in range(2):
+        for t in range(6):
+            if history[b, t] == 0:
+                continue
+            scores = task.model.full_scores(history=history[b:b + 1, :t + 1])
+            terms.append(F.cross_entropy(scores, target[b:b + 1, t]))
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+
+
+@pytest.mark.parametrize("loss", ["ce", "bpr", "bce"])
+def test_sasrec_training_steps_reduce_the_loss(loss):
+    torch.manual_seed(0)
+    task = SASRecTask(n_items=20, hidden_size=16, num_layers=1, num_heads=2, max_len=8, ffn_dim=16,
+                      dropout=0.0, attention_dropout=0.0, loss=loss, lr=1e-2)
+    # next item = previous + 1 (mod 20)
+    starts = torch.arange(16).view(-1, 1)
+    seq = (starts + torch.arange(9)) % 20 + 1
+    opt = task.configure_optimizers()
+    torch.manual_seed(1)
+    first = task.loss(seq[:, :-1], seq[:, 1:]).item()
+    for _ in range(30):
+        opt.zero_grad()
+        task.loss(seq[:, :-1], seq[:, 1:]).backward()
+        opt.step()
+    torch.manual_seed(1)
+    assert task.loss(seq[:, :-1], seq[:, 1:]).item() < 0.7 * first
+
+
+@pytest.mark.parametrize("loss", ["bpr", "bce"])
+def test_mf_training_steps_reduce_the_loss(loss):
+    torch.manual_seed(0)
+    task = MFTask(n_users=8, n_items=10, embedding_dim=8, loss=loss, lr=5e-2)
+    users = torch.arange(1, 9).repeat(3)
+    items = (users * 3 + torch.arange(24) % 3) % 10 + 1
+    batch = {"user": users, "item": items, "negative": (items + 4) % 10 + 1, "label": (items % 2 == users % 2).long()}
+    opt = task.configure_optimizers()
+    first = task.loss(batch).item()
+    for _ in range(40):
+        opt.zero_grad()
+        task.loss(batch).backward()
+        opt.step()
+    assert task.loss(batch).item() < 0.5 * first
+    with pytest.raises(KeyError, match="negative" if loss == "bpr" else "label"):
+        task.loss({"user": users, "item": items})
+
+
+def test_mf_batch_l2_adds_the_squared_rows_of_the_batch():
+    torch.manual_seed(0)
+    plain = MFTask(n_users=4, n_items=6, embedding_dim=3, loss="bpr")
+    reg = MFTask(n_users=4, n_items=6, embedding_dim=3, loss="bpr", l2_batch=0.5)
+    reg.load_state_dict(plain.state_dict())
+    batch = {"user": torch.tensor([1, 2]), "item": torch.tensor([3, 4]), "negative": torch.tensor([5, 6])}
+    p, q = plain.model.user_embedding.weight, plain.model.item_embedding.weight
+    squares = p[[1, 2]].pow(2).sum() + q[[3, 4]].pow(2).sum() + q[[5, 6]].pow(2).sum()
+    torch.testing.assert_close(reg.loss(batch) - plain.loss(batch), 0.5 * squares / 2)
