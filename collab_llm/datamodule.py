@@ -1,0 +1,134 @@
+"""Lightning datamodule: a prepared split folder (docs/DESIGN.md) -> batches of :class:`PromptCollator`.
+
+Reads ``<data_dir>/items.parquet`` (titles) and the example tables ``<table>.parquet`` (next-item
+or Yes/No rows, checked against the template's task). The training order is a seeded shuffle that
+depends only on ``(seed, epoch)`` (``DistributedSampler`` with the trainer's world size; Lightning
+calls ``set_epoch``), so resumed and DDP runs see the same order as uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+from torch.utils.data import DataLoader, DistributedSampler
+
+from collab_llm.backbone import load_tokenizer
+from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+from collab_llm.prompts import Mode, Task, load_template
+
+
+class RecDataModule(L.LightningDataModule):
+    """Batches of prompts for one prepared split.
+
+    Args:
+        data_dir: prepared split folder (``items.parquet``, ``train.parquet``, ...).
+        template: prompt template name or YAML path.
+        tokenizer_path: model folder whose tokenizer to use (the backbone's; the CLI links it).
+        modes: prompt views to build per batch ("text", "hybrid").
+        train_table, val_table, test_table: table names (e.g. ``train_64`` for TALLRec few-shot).
+        max_length: token budget of prompt + answer.
+        max_history: items kept per list field before rendering (None: all).
+        min_history: truncation never goes below this many items.
+        batch_size, eval_batch_size, num_workers: loaders.
+        seed: training shuffle seed.
+        limit_rows: keep only the first rows of every table (smoke tests).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        template: str,
+        tokenizer_path: str,
+        modes: list[Mode] = ["text", "hybrid"],  # noqa: B006 - jsonargparse needs a literal default
+        train_table: str = "train",
+        val_table: str = "valid",
+        test_table: str = "test",
+        max_length: int = 1024,
+        max_history: int | None = 10,
+        min_history: int = 1,
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        limit_rows: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir).expanduser()
+        self.template = load_template(template)
+        self.task: Task = self.template.task
+        self.tokenizer_path = tokenizer_path
+        self.modes = list(modes)
+        self.tables = {"train": train_table, "val": val_table, "test": test_table}
+        self.max_length = max_length
+        self.max_history = max_history
+        self.min_history = min_history
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.limit_rows = limit_rows
+        self.collator: PromptCollator | None = None
+        self.datasets: dict[str, TableDataset] = {}
+
+    def _read(self, name: str) -> pd.DataFrame:
+        path = self.data_dir / f"{name}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: table missing from the prepared split {self.data_dir}")
+        frame = pd.read_parquet(path)
+        if self.limit_rows is not None:
+            frame = frame.iloc[: self.limit_rows]
+        return frame
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.collator is None:
+            tokenizer, placeholder_ids = load_tokenizer(self.tokenizer_path)
+            titles = titles_from_items(self._read_items(), str(self.data_dir / "items.parquet"))
+            self.collator = PromptCollator(
+                tokenizer, self.template, titles, placeholder_ids, self.modes,
+                self.max_length, self.max_history, self.min_history,
+            )
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        for split in wanted.get(stage or "fit", ["train", "val", "test"]):
+            if split not in self.datasets:
+                name = self.tables[split]
+                self.datasets[split] = TableDataset(self._read(name), self.task, f"{self.data_dir / name}.parquet")
+
+    def _read_items(self) -> pd.DataFrame:
+        path = self.data_dir / "items.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: items table missing from the prepared split")
+        return pd.read_parquet(path)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"{split} data not set up; call setup() first")
+        ds = self.datasets[split]
+        sampler: Any = None
+        if shuffle:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

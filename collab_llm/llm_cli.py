@@ -1,0 +1,58 @@
+"""LightningCLI for the LLM recommenders: ``fit`` / ``validate`` / ``test`` / ``predict`` from YAML.
+
+    python -m collab_llm.llm_cli fit --config configs/llm/experiments/llara.yaml
+    collab-llm fit --config configs/llm/experiments/llara.yaml --trainer.max_steps 10
+
+Configs compose: ``--config configs/llm/trainer/cpu.yaml --config configs/llm/data/ml100k_loo.yaml
+--config configs/llm/model/llara.yaml`` (later files override earlier ones), or one experiment file.
+The model may be :class:`collab_llm.module.CollabLLM` (plain ``model:`` arguments) or a subclass
+given as ``model: {class_path: collab_llm.ilora.ILoRACollabLLM, init_args: {...}}``.
+Linked arguments (set them on the model only): ``model.backbone_path -> data.tokenizer_path`` and
+``model.template -> data.template``, so the collator always tokenizes with the backbone's tokenizer
+and the template the model scores with. The projector's output size is read from the backbone
+when the model is built, its input size from the CF model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from lightning.pytorch.cli import LightningCLI
+
+from collab_llm.datamodule import RecDataModule
+from collab_llm.module import CollabLLM
+
+
+class CollabLLMCLI(LightningCLI):
+    """LightningCLI with the model/data links of collab-llm."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+        parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
+        parser.link_arguments("model.init_args.template", "data.template")
+
+
+def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMCLI:
+    """Parse ``argv`` (default ``sys.argv[1:]``), e.g. ``["fit", "--config", "x.yaml"]``, and run it.
+
+    With ``run=False`` pass no subcommand; the model / datamodule / trainer are only built.
+    Returns the :class:`CollabLLMCLI` (``.model``, ``.datamodule``, ``.trainer``) for inspection.
+    """
+    return CollabLLMCLI(
+        CollabLLM,
+        RecDataModule,
+        subclass_mode_model=True,
+        args=None if argv is None else list(argv),
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (``collab-llm fit|validate|test|predict ...``); returns the exit status 0."""
+    build_cli(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

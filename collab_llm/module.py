@@ -1,0 +1,461 @@
+"""The Lightning module: a frozen LLM with LoRA, fed prompts whose placeholders hold CF soft tokens.
+
+Trainable: the LoRA adapter and the projector (fp32, also when the backbone runs bf16). Frozen:
+the backbone and the CF model (``requires_grad=False``, never in the optimizer, never in
+checkpoints). Checkpoints hold only the trainable tensors (plus optimizer / scheduler state), so
+a checkpoint of a 135M-parameter backbone weighs a few MB; resuming continues exactly.
+
+Training regimes (``regime``), choosing the prompt view of each batch (:mod:`collab_llm.collate`):
+
+- ``"text"``: text-only prompts, LoRA only, no CF model (TALLRec).
+- ``"joint"``: hybrid prompts, LoRA + projector trained together.
+- ``"curriculum"`` (LLaRA): at global step ``s`` the batch is hybrid with probability
+  ``p = min(1, s / curriculum_steps)``, else text-only. The draw is made here, from a generator
+  seeded by ``(seed, s)``, so it depends on the GLOBAL step (not on a DataLoader worker's counter),
+  is identical on every DDP rank and reproduces after a resume.
+- ``"two_stage"`` (CoLLM): steps ``< stage1_steps`` train LoRA on text prompts (projector frozen);
+  later steps train only the projector on hybrid prompts (LoRA frozen). One run, one checkpoint
+  holding both.
+
+A group that must not move at a step (projector on text-only steps, LoRA in stage 2) has its
+gradients set to ``None`` right before the optimizer step, so AdamW skips it (no momentum, no
+weight decay); the projector also enters text-only losses as ``0 * sum(params)`` so that DDP sees
+every parameter used.
+
+Randomness (LoRA dropout) is re-seeded from ``(seed, global step, rank)`` inside every training
+step (``torch.random.fork_rng``), so an interrupted and resumed run reproduces the uninterrupted one.
+
+Evaluation (validation / test) uses :mod:`collab_llm.scoring` on the prompt view (left-padded):
+next-item: log-likelihood ranking of the candidates -> HR@1, HR@5, NDCG@5, NDCG@10, MRR (and, with
+``eval_generation``, generated HR@1 + ValidRatio); yes/no: P(Yes) -> AUC, UAUC (+ users counted),
+warm / cold. Per-row predictions are kept in :attr:`CollabLLM.predictions` and written to
+``<log_dir>/predictions_<stage>.parquet`` after a test; intervals are 95% bootstrap CIs.
+
+iLoRA (or any per-sample conditioning) subclasses and overrides :meth:`CollabLLM.before_llm_call`,
+called with the batch before every forward / generate of the LLM.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from collab_llm import scoring
+from collab_llm.backbone import DType, load_backbone, lora_config
+from collab_llm.injection import SoftTokenInjector
+from collab_llm.io import atomic_file
+from collab_llm.prompts import ITEM_PLACEHOLDERS, USER_PLACEHOLDERS, Mode, Task, load_template
+from projectors.mlp import ProjectorKind, build_projector
+
+Regime = Literal["text", "joint", "curriculum", "two_stage"]
+EvalPrompt = Literal["auto", "text", "hybrid"]
+_EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap")
+
+
+class CollabLLM(L.LightningModule):
+    """LoRA (+ projector) training of a frozen causal LM on recommendation prompts.
+
+    Args:
+        backbone_path: local HF model folder.
+        template: prompt template name or YAML path (the datamodule's; the CLI links them). Gives
+            the task and the answer words.
+        regime: see the module docstring.
+        cf_model_path: folder of a CF model saved with ``save_pretrained`` (needed unless
+            ``regime="text"``).
+        projector: projector kind (``"llara_mlp"``, ``"collm_mlp"``, ``"linear"``).
+        dtype: backbone weights dtype; trainable parts stay float32.
+        lora_r, lora_alpha, lora_dropout: LoRA rank, alpha (scaling alpha / r), dropout.
+        lora_target_modules: module names; ``None``: the architecture's defaults
+            (:func:`collab_llm.backbone.default_lora_targets`).
+        learning_rate, weight_decay: AdamW.
+        warmup_steps: linear warm-up, then cosine decay to 0 at ``total_steps``.
+        total_steps: schedule length; ``None``: ``trainer.estimated_stepping_batches``.
+        curriculum_steps: steps for the hybrid probability to reach 1 (``"curriculum"``);
+            ``None``: the whole run (``trainer.estimated_stepping_batches``).
+        stage1_steps: length of CoLLM's stage 1 (``"two_stage"``).
+        eval_prompt: prompt view for evaluation; ``"auto"``: text for ``"text"`` and during stage
+            1, else hybrid.
+        eval_generation: next-item: also generate answers and parse them (HR@1, ValidRatio).
+        max_new_tokens, num_beams: generation settings.
+        length_normalize: rank candidates by mean instead of summed token log-likelihood.
+        gradient_checkpointing: non-reentrant activation checkpointing of the backbone.
+        n_bootstrap: bootstrap resamples for the test-time confidence intervals.
+        seed: seeds the curriculum draws and per-step dropout.
+    """
+
+    def __init__(
+        self,
+        backbone_path: str,
+        template: str,
+        regime: Regime = "joint",
+        cf_model_path: str | None = None,
+        projector: ProjectorKind = "llara_mlp",
+        dtype: DType = "float32",
+        lora_r: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] | None = None,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        curriculum_steps: int | None = None,
+        stage1_steps: int = 0,
+        eval_prompt: EvalPrompt = "auto",
+        eval_generation: bool = False,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+        length_normalize: bool = False,
+        gradient_checkpointing: bool = False,
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
+        # re-applies those over the command line on `test --ckpt_path`, and these must stay settable.
+        self.save_hyperparameters(ignore=list(_EVAL_SETTINGS))
+        self.eval_prompt: EvalPrompt = eval_prompt
+        self.eval_generation = eval_generation
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+        self.length_normalize = length_normalize
+        self.n_bootstrap = n_bootstrap
+        if regime not in ("text", "joint", "curriculum", "two_stage"):
+            raise ValueError(f"regime must be text/joint/curriculum/two_stage, got {regime!r}")
+        if regime != "text" and cf_model_path is None:
+            raise ValueError(f"regime {regime!r} injects soft tokens and needs cf_model_path")
+        if regime == "curriculum" and curriculum_steps is not None and curriculum_steps <= 0:
+            raise ValueError(f"curriculum_steps must be > 0, got {curriculum_steps}")
+        if regime == "two_stage" and stage1_steps <= 0:
+            raise ValueError(f"two_stage needs stage1_steps > 0, got {stage1_steps}")
+        self.regime = regime
+        self.template = load_template(template)
+        self.task: Task = self.template.task
+
+        backbone = load_backbone(backbone_path, dtype)
+        self.tokenizer = backbone.tokenizer
+        self.placeholder_ids = backbone.placeholder_ids
+        if gradient_checkpointing:
+            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            backbone.model.enable_input_require_grads()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # LoRA and projector initialisation depend on the seed only
+            self.llm = get_peft_model(
+                backbone.model, lora_config(backbone.model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+            )
+        for name, p in self.llm.named_parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # trainable LoRA weights in fp32 even on a bf16 backbone
+        self.llm.train()  # LoRA (and backbone) dropout active in training, as under HF's Trainer
+
+        cf_model = None
+        proj = None
+        if cf_model_path is not None:
+            # importing the model modules registers their model_type for CFModel.from_pretrained
+            import cf_models.mf  # noqa: F401
+            import cf_models.sasrec  # noqa: F401
+            from cf_models.base import CFModel
+
+            cf_model = CFModel.from_pretrained(cf_model_path)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                proj = build_projector(projector, int(cf_model.embedding_dim), backbone.hidden_size)
+        self.injector = SoftTokenInjector(
+            cf_model,
+            proj,
+            [self.placeholder_ids[t] for t in ITEM_PLACEHOLDERS if t in self.placeholder_ids],
+            [self.placeholder_ids[t] for t in USER_PLACEHOLDERS if t in self.placeholder_ids],
+        )
+        if self.task == "yes_no":
+            prefix = self.template.answer_prefix
+            self.yes_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_yes, prefix=prefix)
+            self.no_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_no, prefix=prefix)
+
+        self.lora_names = [f"llm.{n}" for n, p in self.llm.named_parameters() if p.requires_grad]
+        self.projector_names = [f"injector.projector.{n}" for n, _ in proj.named_parameters()] if proj is not None else []
+        self.trainable_keys = set(self.lora_names) | {
+            f"injector.projector.{n}" for n in (proj.state_dict() if proj is not None else {})
+        }
+        self.strict_loading = False  # checkpoints hold only trainable tensors; checked in on_load_checkpoint
+        self._used_groups: set[str] = set()
+        self._run_length: int | None = None
+        self._checkpoint_step = 0
+        self._eval_rows: list[dict[str, Any]] = []
+        self.predictions: dict[str, pd.DataFrame] = {}
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        named = dict(self.named_parameters())
+        return [named[n] for n in self.lora_names + self.projector_names]
+
+    def configure_optimizers(self) -> Any:
+        params = self.trainable_parameters()
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        total = self.hparams.total_steps
+        if total is None:
+            total = int(self.trainer.estimated_stepping_batches)
+        warmup = self.hparams.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ regimes
+    def hybrid_probability(self, step: int) -> float:
+        """P(hybrid prompt) at global step ``step`` for the current regime."""
+        if self.regime == "text":
+            return 0.0
+        if self.regime == "joint":
+            return 1.0
+        if self.regime == "curriculum":
+            return min(1.0, step / self.curriculum_length())
+        return 0.0 if step < self.hparams.stage1_steps else 1.0
+
+    def curriculum_length(self) -> int:
+        """Steps over which P(hybrid) rises from 0 to 1."""
+        if self.hparams.curriculum_steps is not None:
+            return int(self.hparams.curriculum_steps)
+        if self._run_length is None:
+            if self._trainer is None:
+                raise RuntimeError("curriculum_steps=None needs a trainer (the run length); set curriculum_steps")
+            self._run_length = max(1, int(self.trainer.estimated_stepping_batches))
+        return self._run_length
+
+    def on_fit_start(self) -> None:
+        self._run_length = None
+
+    def train_mode_at(self, step: int) -> Mode:
+        """The prompt view used at global step ``step`` (deterministic in ``(seed, step)``)."""
+        p = self.hybrid_probability(step)
+        if p <= 0.0:
+            return "text"
+        if p >= 1.0:
+            return "hybrid"
+        g = torch.Generator().manual_seed(int(self.hparams.seed) * 1_000_003 + int(step))
+        return "hybrid" if float(torch.rand((), generator=g)) < p else "text"
+
+    def eval_mode(self) -> Mode:
+        if self.eval_prompt != "auto":
+            return self.eval_prompt
+        if self.regime == "text":
+            return "text"
+        step = max(int(self.global_step), self._checkpoint_step)  # test(ckpt_path=...) restores no loop state
+        if self.regime == "two_stage" and step < self.hparams.stage1_steps:
+            return "text"
+        return "hybrid"
+
+    def before_llm_call(self, batch: dict[str, Any]) -> None:
+        """Hook for per-sample conditioning of the LLM (iLoRA's gate). No-op here."""
+
+    # ------------------------------------------------------------------ forward
+    @staticmethod
+    def _view(batch: dict[str, Any], mode: Mode) -> dict[str, torch.Tensor]:
+        if mode not in batch:
+            views = [k for k in ("text", "hybrid") if k in batch]
+            raise KeyError(f"batch has no {mode!r} prompt view (has {views}); add it to the datamodule's modes")
+        return batch[mode]
+
+    def embed(self, view: dict[str, torch.Tensor], prompt_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs_embeds (B, T, H)`` with soft tokens, and the attention mask, of one view."""
+        ids = view["prompt_input_ids"] if prompt_only else view["input_ids"]
+        mask = view["prompt_attention_mask"] if prompt_only else view["attention_mask"]
+        embeds = self.injector(self.llm.get_input_embeddings(), ids, view["soft_item_ids"], view["soft_user_ids"])
+        return embeds, mask
+
+    def lm_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
+        """Mean cross-entropy of the answer + EOS tokens (prompt masked)."""
+        view = self._view(batch, mode)
+        embeds, mask = self.embed(view, prompt_only=False)
+        self.before_llm_call(batch)
+        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=view["labels"], use_cache=False)
+        return out.loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        step = int(self.global_step)
+        mode = self.train_mode_at(step)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(self.hparams.seed) * 7_919 + step * 104_729 + int(self.global_rank))
+            loss = self.lm_loss(batch, mode)
+        stage2 = self.regime == "two_stage" and step >= self.hparams.stage1_steps
+        if not stage2:
+            self._used_groups.add("lora")
+        if mode == "hybrid" and self.projector_names:
+            self._used_groups.add("projector")
+        if mode == "text" and self.projector_names:
+            loss = loss + 0.0 * sum(p.sum() for p in self.injector.projector.parameters())
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch["users"].shape[0]))
+        self.log("train/hybrid", float(mode == "hybrid"), batch_size=int(batch["users"].shape[0]))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        named = dict(self.named_parameters())
+        for group, names in (("lora", self.lora_names), ("projector", self.projector_names)):
+            if group not in self._used_groups:
+                for n in names:
+                    named[n].grad = None
+        self._used_groups = set()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def score_batch(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per-row predictions of one batch (next-item: candidate scores; yes/no: P(Yes))."""
+        view = self._view(batch, self.eval_mode())
+        embeds, mask = self.embed(view, prompt_only=True)
+        rows: list[dict[str, Any]] = []
+        users = batch["users"].tolist()
+        index = batch["row_index"].tolist()
+        if self.task == "next_item":
+            self.before_llm_call(batch)
+            scores = scoring.rank_candidates(
+                self.llm, embeds, mask, batch["candidate_token_ids"], self.length_normalize
+            ).float().cpu()
+            choices: list[int | None] = [None] * len(users)
+            answers = [""] * len(users)
+            if self.eval_generation:
+                self.before_llm_call(batch)
+                answers = scoring.generate_answers(
+                    self.llm, embeds, mask, self.tokenizer, self.max_new_tokens, self.num_beams
+                )
+                choices = [scoring.parse_choice(a, t) for a, t in zip(answers, batch["candidate_titles"])]
+            for i in range(len(users)):
+                rows.append({
+                    "row_index": index[i], "user": users[i], "target_index": int(batch["target_index"][i]),
+                    "scores": scores[i].tolist(), "answer": answers[i], "choice": choices[i],
+                })
+        else:
+            self.before_llm_call(batch)
+            p_yes = scoring.yes_no_scores(self.llm, embeds, mask, self.yes_id, self.no_id).float().cpu()
+            warm = batch["warm"].tolist() if "warm" in batch else [True] * len(users)
+            for i in range(len(users)):
+                rows.append({
+                    "row_index": index[i], "user": users[i], "label": int(batch["label"][i]),
+                    "score": float(p_yes[i]), "warm": bool(warm[i]),
+                })
+        return rows
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_rows.extend(self.score_batch(batch))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_rows.extend(self.score_batch(batch))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        return self.score_batch(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_rows = []
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_rows = []
+
+    def _gathered_rows(self) -> pd.DataFrame:
+        rows = self._eval_rows
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, rows)
+            rows = [r for part in parts for r in part]
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return frame
+        # distributed samplers pad with repeated rows: keep each table row once
+        return frame.drop_duplicates("row_index").sort_values("row_index").reset_index(drop=True)
+
+    def compute_metrics(self, frame: pd.DataFrame, n_resamples: int) -> dict[str, float]:
+        """Metric name -> value (plus ``<name>_ci_low`` / ``_ci_high`` when ``n_resamples > 0``)."""
+        out: dict[str, float] = {}
+
+        def put(name: str, est: Any) -> None:
+            if isinstance(est, (int, np.integer)):
+                out[name] = float(est)
+                return
+            out[name] = float(est.value)
+            if n_resamples > 0:
+                out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(est.ci_low), float(est.ci_high)
+
+        n = max(n_resamples, 1)
+        if self.task == "next_item":
+            scores = torch.tensor(np.stack(frame["scores"].to_numpy()), dtype=torch.float32)
+            target = torch.tensor(frame["target_index"].to_numpy(), dtype=torch.long)
+            for name, est in scoring.ranking_metrics(scores, target, n_resamples=n).items():
+                put(name, est)
+            if self.eval_generation:
+                choices = [None if (c is None or (isinstance(c, float) and math.isnan(c))) else int(c) for c in frame["choice"]]
+                for name, est in scoring.generation_metrics(choices, target, n_resamples=n).items():
+                    put(f"gen_{name}", est)
+        else:
+            labels = frame["label"].to_numpy()
+            if labels.min() == labels.max():
+                return {"n_rows": float(len(frame))}  # AUC undefined on one class (tiny sanity runs)
+            for name, est in scoring.yes_no_metrics(
+                frame["user"].to_numpy(), labels, frame["score"].to_numpy(), frame["warm"].to_numpy(), n_resamples=n
+            ).items():
+                put(name, est)
+        out["n_rows"] = float(len(frame))
+        return out
+
+    def _finish_eval(self, stage: str, n_resamples: int) -> None:
+        frame = self._gathered_rows()
+        self._eval_rows = []
+        if frame.empty:
+            return
+        self.predictions[stage] = frame
+        metrics = self.compute_metrics(frame, n_resamples)
+        if n_resamples == 0:
+            metrics = {k: v for k, v in metrics.items() if not k.endswith(("_ci_low", "_ci_high"))}
+        self.last_metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
+        for key, value in self.last_metrics.items():
+            self.log(key, value, sync_dist=False)  # same value on every rank (rows are gathered)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._eval_rows = []
+            return
+        self._finish_eval("val", 0)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test", int(self.n_bootstrap))
+        log_dir = self.trainer.log_dir
+        if "test" in self.predictions and log_dir is not None and self.trainer.is_global_zero:
+            write_predictions(self.predictions["test"], Path(log_dir) / "predictions_test.parquet")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable tensors (LoRA, projector) in ``checkpoint["state_dict"]``."""
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in self.trainable_keys}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_step = int(checkpoint.get("global_step", 0))
+        keys = set(checkpoint["state_dict"])
+        missing = self.trainable_keys - keys
+        unexpected = keys - self.trainable_keys
+        if missing or unexpected:
+            raise KeyError(
+                f"checkpoint does not match this model: missing trainable tensors {sorted(missing)[:5]} "
+                f"({len(missing)} in all), unexpected {sorted(unexpected)[:5]} ({len(unexpected)} in all)"
+            )
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the trainable tensors (what a checkpoint holds)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in self.trainable_keys}
+
+
+def write_predictions(frame: pd.DataFrame, path: Path) -> None:
+    """Write per-row predictions as parquet, atomically."""
+    with atomic_file(path, "wb") as handle:
+        frame.to_parquet(handle, index=False)

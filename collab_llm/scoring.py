@@ -1,0 +1,463 @@
+"""Score a causal LM's answers: Yes/No probability, candidate log-likelihood, generate-and-parse.
+
+Every function takes a Hugging Face causal LM (plain or wrapped by peft) and *prompt embeddings*
+``inputs_embeds: (B, T, H)`` with an ``attention_mask: (B, T)`` that is **left-padded**: row ``i``
+is ``[0, ..., 0, 1, ..., 1]`` so that every prompt ends at column ``T - 1``. The embeddings may hold
+soft tokens (CF embeddings scattered into placeholder positions by :mod:`collab_llm.injection`);
+nothing here looks at token ids of the prompt.
+
+Position ids are computed from the mask (``cumsum - 1``), so a left-padded row is scored exactly as
+the same row alone: padding changes neither RoPE phases (Llama, Qwen2) nor learned positions
+(GPT-2).
+
+Three ways to read the model:
+
+- :func:`yes_no_scores` (TALLRec, CoLLM): one forward pass, softmax over the ``{Yes, No}`` logits
+  at the last prompt position -> ``P(Yes)``.
+- :func:`rank_candidates` (LLaRA / iLoRA without generation): log-likelihood of each candidate's
+  answer tokens after the prompt. The prompt is encoded once per row; its KV cache is expanded
+  ``C`` times (``repeat_interleave``: row ``i``'s copies are rows ``i*C .. i*C+C-1``) and the
+  ``C`` candidates are scored in one more forward pass.
+- :func:`generate_answers` + :func:`parse_choice` (the papers' HitRatio@1 / ValidRatio): greedy
+  (or beam) generation, then the answer is matched against the candidate titles.
+
+The metric helpers at the end turn scores / parsed choices / Yes-No probabilities into
+:class:`collab_llm.metrics.Estimate` values with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from collab_llm.metrics import (
+    Estimate,
+    auc_estimate,
+    hit_at_k_per_row,
+    mean_estimate,
+    mrr_per_row,
+    ndcg_at_k_per_row,
+    target_ranks,
+    uauc_estimate,
+)
+
+__all__ = [
+    "check_left_padded",
+    "position_ids_from_mask",
+    "resolve_answer_token",
+    "encode_answers",
+    "yes_no_logits",
+    "yes_no_scores",
+    "rank_candidates",
+    "generate_answers",
+    "normalize_title",
+    "parse_choice",
+    "ranking_metrics",
+    "generation_metrics",
+    "yes_no_metrics",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Padding and positions
+# --------------------------------------------------------------------------------------------
+
+
+def check_left_padded(inputs_embeds: Tensor, attention_mask: Tensor) -> None:
+    """Raise ``ValueError`` unless ``attention_mask`` is a left-padded ``(B, T)`` 0/1 mask matching
+    ``inputs_embeds: (B, T, H)``, with at least one real token per row."""
+    if inputs_embeds.dim() != 3:
+        raise ValueError(f"inputs_embeds must be (B, T, H), got shape {tuple(inputs_embeds.shape)}")
+    if attention_mask.shape != inputs_embeds.shape[:2]:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match inputs_embeds (B, T) = "
+            f"{tuple(inputs_embeds.shape[:2])}"
+        )
+    mask = attention_mask.long()
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 and 1")
+    if mask.shape[1] > 1:
+        bad = (mask[:, 1:] < mask[:, :-1]).any(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()
+            raise ValueError(
+                f"attention_mask rows {rows[:10]} are not left-padded (a 0 follows a 1); the scoring "
+                "functions expect prompts padded on the left so that every prompt ends at column T-1"
+            )
+    empty = mask.sum(dim=1) == 0
+    if bool(empty.any()):
+        raise ValueError(f"attention_mask rows {torch.nonzero(empty).flatten().tolist()[:10]} are empty")
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """``(B, T)`` position ids counting only real tokens: ``cumsum(mask) - 1``, 0 on padding.
+
+    >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])).tolist()
+    [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    """
+    mask = attention_mask.long()
+    return (mask.cumsum(dim=-1) - 1).clamp_(min=0).masked_fill_(mask == 0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Answer tokens
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_answer_token(tokenizer: PreTrainedTokenizerBase, word: str, prefix: str | None = None) -> int:
+    """The single token id the model emits for ``word`` right after the prompt.
+
+    The collator tokenises ``prompt + answer``; depending on the template the answer follows the
+    prompt with or without a space. With ``prefix=None`` both ``" " + word`` and ``word`` are tried
+    (in that order) and the first that tokenises to exactly one token wins; pass ``prefix=" "`` or
+    ``prefix=""`` to pin the form used by the template.
+
+    Raises:
+        ValueError: if no tried form is a single token (the message lists each form's tokens).
+    """
+    forms = [" " + word, word] if prefix is None else [prefix + word]
+    tried = []
+    for form in forms:
+        ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            return int(ids[0])
+        tried.append(f"{form!r} -> {ids} ({tokenizer.convert_ids_to_tokens(ids)})")
+    raise ValueError(
+        f"answer word {word!r} is not a single token for {type(tokenizer).__name__}: " + "; ".join(tried)
+    )
+
+
+def encode_answers(
+    tokenizer: PreTrainedTokenizerBase, titles: Sequence[str], prefix: str = " ", append_eos: bool = True
+) -> list[list[int]]:
+    """Token ids of each answer ``prefix + title`` (+ EOS), as :func:`rank_candidates` expects.
+
+    Use the same ``prefix`` as the collator puts between the prompt and the answer.
+    """
+    if append_eos and tokenizer.eos_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no eos_token_id; cannot append EOS to answers")
+    out = []
+    for title in titles:
+        ids = list(tokenizer(prefix + title, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise ValueError(f"title {title!r} tokenises to no tokens")
+        if append_eos:
+            ids.append(int(tokenizer.eos_token_id))
+        out.append(ids)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Yes / No
+# --------------------------------------------------------------------------------------------
+
+
+def _forward(model: PreTrainedModel, inputs_embeds: Tensor, attention_mask: Tensor, **extra) -> object:
+    check_left_padded(inputs_embeds, attention_mask)
+    return model(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        **extra,
+    )
+
+
+def yes_no_logits(
+    model: PreTrainedModel, inputs_embeds: Tensor, attention_mask: Tensor, yes_id: int, no_id: int
+) -> Tensor:
+    """``(B, 2)`` float32 logits of ``[Yes, No]`` at the last prompt position (keeps the graph, so it
+    can feed a training loss: CoLLM's BCE on the Yes logit, or cross-entropy over the pair)."""
+    out = _forward(model, inputs_embeds, attention_mask, use_cache=False, logits_to_keep=1)
+    last = out.logits[:, -1, :]  # (B, V)
+    return last[:, [yes_id, no_id]].float()
+
+
+def yes_no_scores(
+    model: PreTrainedModel, inputs_embeds: Tensor, attention_mask: Tensor, yes_id: int, no_id: int
+) -> Tensor:
+    """``P(Yes)`` per row: softmax over the ``{Yes, No}`` logits at the last prompt position.
+
+    Args:
+        inputs_embeds: ``(B, T, H)`` left-padded prompt embeddings (ending right before the answer).
+        attention_mask: ``(B, T)``.
+        yes_id, no_id: from :func:`resolve_answer_token`.
+
+    Returns:
+        ``(B,)`` float32 in ``[0, 1]``. One forward pass; call under ``torch.no_grad()`` to evaluate.
+    """
+    return torch.softmax(yes_no_logits(model, inputs_embeds, attention_mask, yes_id, no_id), dim=-1)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate ranking by log-likelihood, prompt KV cache reused
+# --------------------------------------------------------------------------------------------
+
+
+def _pad_candidates(candidate_token_ids: Sequence[Sequence[Sequence[int]]], batch: int) -> tuple[Tensor, Tensor]:
+    """Right-pad the ``B x C`` candidate token lists to ``(B*C, L)`` ids and a ``(B*C, L)`` mask."""
+    if len(candidate_token_ids) != batch:
+        raise ValueError(f"candidate_token_ids has {len(candidate_token_ids)} rows, inputs_embeds has {batch}")
+    n_cand = {len(row) for row in candidate_token_ids}
+    if len(n_cand) != 1 or 0 in n_cand:
+        raise ValueError(f"every row needs the same, non-zero number of candidates; got counts {sorted(n_cand)}")
+    flat = [list(c) for row in candidate_token_ids for c in row]
+    for k, ids in enumerate(flat):
+        if not ids:
+            raise ValueError(f"candidate {k % len(candidate_token_ids[0])} of row {k // len(candidate_token_ids[0])} is empty")
+    length = max(len(ids) for ids in flat)
+    ids = torch.zeros(len(flat), length, dtype=torch.long)
+    mask = torch.zeros(len(flat), length, dtype=torch.long)
+    for k, c in enumerate(flat):
+        ids[k, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[k, : len(c)] = 1
+    return ids, mask
+
+
+def rank_candidates(
+    model: PreTrainedModel,
+    inputs_embeds: Tensor,
+    attention_mask: Tensor,
+    candidate_token_ids: Sequence[Sequence[Sequence[int]]],
+    length_normalize: bool = False,
+) -> Tensor:
+    """Log-likelihood of each candidate answer after its row's prompt.
+
+    Args:
+        inputs_embeds: ``(B, T, H)`` left-padded prompt embeddings.
+        attention_mask: ``(B, T)``.
+        candidate_token_ids: ``B`` rows of ``C`` candidates, each the answer's token ids exactly as
+            they follow the prompt in training (title tokens then EOS, see :func:`encode_answers`).
+            Lengths may differ; they are right-padded and masked.
+        length_normalize: divide each sum by the candidate's number of tokens.
+
+    Returns:
+        ``(B, C)`` float32 ``sum_t log p(a_t | prompt, a_<t)`` (or its mean).
+
+    The prompt runs once: ``(B, T)`` -> KV cache, expanded to ``B*C`` rows with
+    ``repeat_interleave``; then the ``B*C`` answers (all but their last token) run in one pass with
+    positions continuing after each prompt. Equal to scoring every ``prompt + candidate`` in full.
+    Memory: the expanded cache holds ``B*C`` copies of the prompt's keys and values (SmolLM2-135M,
+    T=450, C=20: about 0.4 GB per row in fp32), so choose ``B`` accordingly. iLoRA's gate, set for
+    ``B`` rows, is repeat-interleaved over the ``B*C`` rows by :class:`collab_llm.ilora.ExpertGate`.
+    """
+    check_left_padded(inputs_embeds, attention_mask)
+    batch = inputs_embeds.shape[0]
+    device = inputs_embeds.device
+    cand_ids, cand_mask = _pad_candidates(candidate_token_ids, batch)
+    cand_ids, cand_mask = cand_ids.to(device), cand_mask.to(device)
+    n_cand = len(candidate_token_ids[0])
+    length = cand_ids.shape[1]
+
+    config = model.config if hasattr(model, "config") else None
+    cache = DynamicCache(config=config)
+    prompt_positions = position_ids_from_mask(attention_mask)
+    out = model(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=prompt_positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    first_logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
+    first_logp = first_logp.repeat_interleave(n_cand, dim=0)  # (B*C, V)
+    token_logp = [first_logp.gather(1, cand_ids[:, :1])]  # (B*C, 1)
+
+    if length > 1:
+        cache = out.cache if getattr(out, "cache", None) is not None else cache
+        cache.batch_repeat_interleave(n_cand)
+        step_ids = cand_ids[:, :-1]  # (B*C, L-1): inputs that predict tokens 1..L-1
+        step_embeds = model.get_input_embeddings()(step_ids).to(inputs_embeds.dtype)
+        full_mask = torch.cat(
+            [attention_mask.long().repeat_interleave(n_cand, dim=0), cand_mask[:, :-1]], dim=1
+        )  # (B*C, T + L - 1)
+        start = attention_mask.long().sum(dim=1).repeat_interleave(n_cand)  # (B*C,) prompt lengths
+        step_positions = start[:, None] + torch.arange(length - 1, device=device)[None, :]
+        out2 = model(
+            inputs_embeds=step_embeds,
+            attention_mask=full_mask,
+            position_ids=step_positions,
+            cache=cache,
+            use_cache=True,
+        )
+        logits = out2.logits.float()  # (B*C, L-1, V)
+        picked = logits.gather(2, cand_ids[:, 1:, None]).squeeze(-1)  # (B*C, L-1)
+        token_logp.append(picked - torch.logsumexp(logits, dim=-1))  # log-softmax at the picked ids only
+    per_token = torch.cat(token_logp, dim=1) * cand_mask  # (B*C, L), 0 on padding
+    total = per_token.sum(dim=1)
+    if length_normalize:
+        total = total / cand_mask.sum(dim=1)
+    return total.view(batch, n_cand)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation and parsing
+# --------------------------------------------------------------------------------------------
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    inputs_embeds: Tensor,
+    attention_mask: Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+) -> list[str]:
+    """Greedy (``num_beams=1``) or beam-search answers from left-padded prompt embeddings.
+
+    Generation stops at the tokenizer's EOS; the new tokens (prompt excluded) are decoded without
+    special tokens and stripped. Positions come from the attention mask, so a row gives the same
+    answer in any batch.
+
+    Returns:
+        ``B`` strings.
+    """
+    check_left_padded(inputs_embeds, attention_mask)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no eos_token_id; generation could not stop")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    new_tokens = model.generate(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        generation_config=config,
+    )
+    # With inputs_embeds and no input_ids, generate returns only the new tokens: (B, <= max_new_tokens).
+    answers = []
+    for row in new_tokens.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalize_title(text: str) -> str:
+    """Case-, whitespace- and punctuation-insensitive form: ``"Heat (1995)" -> "heat 1995"``."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_NON_WORD.sub(" ", text).split())
+
+
+def parse_choice(answer: str, candidate_titles: Sequence[str]) -> int | None:
+    """Index of the single candidate whose title the answer names, else ``None``.
+
+    Titles are matched as whole-word runs of the normalised answer (see :func:`normalize_title`).
+    A match inside a longer matching title's span is discarded, so ``"Heat (1995)"`` names
+    ``"Heat (1995)"`` and not also ``"Heat"``. The answer names a candidate only if exactly one
+    candidate remains; two candidates with the same normalised title are indistinguishable and
+    give ``None`` when named.
+    """
+    norm_answer = f" {normalize_title(answer)} "
+    spans: list[tuple[int, int, int]] = []  # (start, end, candidate index)
+    for index, title in enumerate(candidate_titles):
+        norm = normalize_title(title)
+        if not norm:
+            continue
+        needle = f" {norm} "
+        start = norm_answer.find(needle)
+        while start != -1:
+            spans.append((start, start + len(needle), index))
+            start = norm_answer.find(needle, start + 1)
+    kept = {
+        i
+        for (s, e, i) in spans
+        if not any(s2 <= s and e <= e2 and (e2 - s2) > (e - s) for (s2, e2, _) in spans)
+    }
+    return kept.pop() if len(kept) == 1 else None
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def ranking_metrics(
+    scores: Tensor, target_index: Tensor, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """HR@1, HR@5, NDCG@5, NDCG@10, MRR of ``(B, C)`` candidate scores (ties count against the target).
+
+    Args:
+        scores: ``(B, C)``, e.g. from :func:`rank_candidates`.
+        target_index: ``(B,)`` column of each row's target.
+    """
+    ranks = target_ranks(scores.detach().float().cpu(), target_index.detach().long().cpu())
+    return {
+        "hr@1": mean_estimate(hit_at_k_per_row(ranks, 1), n_resamples, seed),
+        "hr@5": mean_estimate(hit_at_k_per_row(ranks, 5), n_resamples, seed),
+        "ndcg@5": mean_estimate(ndcg_at_k_per_row(ranks, 5), n_resamples, seed),
+        "ndcg@10": mean_estimate(ndcg_at_k_per_row(ranks, 10), n_resamples, seed),
+        "mrr": mean_estimate(mrr_per_row(ranks), n_resamples, seed),
+    }
+
+
+def generation_metrics(
+    choices: Sequence[int | None], target_index: Sequence[int] | Tensor, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """HitRatio@1 (parsed choice == target, over all rows) and ValidRatio (choice is not None)."""
+    targets = np.asarray(target_index.tolist() if isinstance(target_index, Tensor) else target_index)
+    if len(choices) != targets.size:
+        raise ValueError(f"{len(choices)} choices but {targets.size} targets")
+    hits = np.array([c is not None and c == t for c, t in zip(choices, targets)], dtype=np.float64)
+    valid = np.array([c is not None for c in choices], dtype=np.float64)
+    return {
+        "hr@1": mean_estimate(hits, n_resamples, seed),
+        "valid_ratio": mean_estimate(valid, n_resamples, seed),
+    }
+
+
+def yes_no_metrics(
+    users: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray | Tensor,
+    warm: Sequence[bool] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Estimate | int]:
+    """AUC and UAUC (with the number of users UAUC counted), overall and on warm / cold rows.
+
+    Keys: ``auc``, ``uauc``, ``uauc_users``; with ``warm`` also ``warm/...`` and ``cold/...`` for
+    each subset that has rows. A subset holding one class only gets ``nan`` estimates (AUC is
+    undefined there); the overall set must hold both classes (else ``ValueError``).
+    """
+    u = np.asarray(users)
+    y = np.asarray(labels).astype(np.int64)
+    s = np.asarray(scores.detach().float().cpu().numpy() if isinstance(scores, Tensor) else scores, dtype=np.float64)
+    if not (u.shape == y.shape == s.shape):
+        raise ValueError(f"users {u.shape}, labels {y.shape} and scores {s.shape} must have the same length")
+    out: dict[str, Estimate | int] = {}
+
+    def fill(prefix: str, m: np.ndarray, strict: bool) -> None:
+        yy, ss, uu = y[m], s[m], u[m]
+        if not strict and (yy.sum() == 0 or yy.sum() == yy.size):
+            nan = Estimate(float("nan"), float("nan"), float("nan"), int(yy.size))
+            out[prefix + "auc"], out[prefix + "uauc"], out[prefix + "uauc_users"] = nan, nan, 0
+            return
+        out[prefix + "auc"] = auc_estimate(yy, ss, n_resamples, seed)
+        est, n_users = uauc_estimate(uu, yy, ss, n_resamples, seed)
+        out[prefix + "uauc"], out[prefix + "uauc_users"] = est, n_users
+
+    fill("", np.ones(y.size, dtype=bool), strict=True)
+    if warm is not None:
+        w = np.asarray(warm).astype(bool)
+        if w.shape != y.shape:
+            raise ValueError(f"warm has shape {w.shape}, labels {y.shape}")
+        for name, m in (("warm/", w), ("cold/", ~w)):
+            if m.any():
+                fill(name, m, strict=False)
+    return out
