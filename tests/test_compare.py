@@ -1,0 +1,69 @@
+"""The compare command end to end on the tiny model: report files, records, and resume (skip)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+
+from collab_llm import compare  # noqa: E402
+from collab_llm.report import REQUIRED_KEYS  # noqa: E402
+
+
+def _work(tmp_path: Path) -> tuple[Path, Path]:
+    work = tmp_path / "work"
+    (work / "cf").mkdir(parents=True)
+    shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
+    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
+    return work, make_backbone_dir(tmp_path, "llama")
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
+    work, backbone = _work(tmp_path)
+    report = tmp_path / "report"
+    profile = replace(compare.PROFILES["smoke"], test_rows=4)
+    comp = compare.Comparison("nextitem", ["sasrec", "llara", "ilora"], profile, work, report, backbone=str(backbone))
+    path = comp.run()
+
+    assert path == report / "results.md"
+    for name in ("results.md", "results.csv", "results.json", "loss_curves.png"):
+        assert (report / name).stat().st_size > 0, name
+    assert list(report.glob("nextitem*hrat1.png")), "one plot per metric"
+    records = json.loads((report / "results.json").read_text())
+    assert {r["method"] for r in records} == {"sasrec", "llara", "ilora"}
+    for r in records:
+        assert all(k in r for k in REQUIRED_KEYS)
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+        assert r["n_test"] == 4
+    metrics = {(r["method"], r["metric"]) for r in records}
+    assert ("llara", "hr@1") in metrics and ("llara", "ndcg@10") in metrics
+    assert ("llara", "gen_hr@1") in metrics and ("llara", "gen_valid_ratio") in metrics
+    assert ("sasrec", "hr@1") in metrics
+    csv = pd.read_csv(report / "results.csv")
+    assert len(csv) == len(records)
+    md = (report / "results.md").read_text()
+    assert "| llara |" in md and "collab-llm fit" in md
+
+    # a rerun skips both finished runs: any attempt to train would fail here
+    def boom(*a, **k):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(compare.Comparison, "run_llm", boom)
+    monkeypatch.setattr(compare.Comparison, "run_cf_alone", boom)
+    before = (report / "runs" / "llara" / "result.json").read_text()
+    comp.run()
+    assert (report / "runs" / "llara" / "result.json").read_text() == before
+
+
+def test_compare_rejects_unknown_method(tmp_path):
+    with pytest.raises(ValueError, match="no method"):
+        compare.Comparison("nextitem", ["collm_typo"], compare.PROFILES["smoke"], tmp_path, tmp_path / "r")
