@@ -156,6 +156,13 @@ class SequenceDataModule(CFDataModule):
         window_stride: step between consecutive window ends with ``windows="all"`` (default
             ``max_len``: windows overlap by one item, so every training item is a target once; a
             smaller stride repeats targets with longer contexts at a higher cost per epoch).
+        window_offsets: ``"fixed"``: the same windows every epoch. ``"random"`` (with
+            ``windows="all"``): the most recent window still ends at the last training item, but the
+            older windows are shifted back by a random ``1..window_stride`` items per user, redrawn
+            every epoch, so an item that starts a window (little left context) in one epoch gets a
+            long context in another; every training item is still a target at least once per epoch.
+            Needs ``trainer.reload_dataloaders_every_n_epochs: 1`` to be redrawn (``train_dataloader``
+            seeds each epoch with ``seed + epoch``).
     """
 
     def __init__(
@@ -165,6 +172,7 @@ class SequenceDataModule(CFDataModule):
         windows: Literal["all", "last"] = "all",
         min_window: int = 2,
         window_stride: int | None = None,
+        window_offsets: Literal["fixed", "random"] = "fixed",
         batch_size: int = 128,
         eval_batch_size: int = 512,
         seed: int = 0,
@@ -177,20 +185,42 @@ class SequenceDataModule(CFDataModule):
         self.window_stride = max_len if window_stride is None else window_stride
         if not 1 <= self.window_stride <= max_len:
             raise ValueError(f"window_stride must be in 1..max_len={max_len}, got {window_stride}")
+        if window_offsets not in ("fixed", "random"):
+            raise ValueError(f"window_offsets must be 'fixed' or 'random', got {window_offsets!r}")
+        self.window_offsets = window_offsets
+        self._train_sequences: list[np.ndarray] | None = None
 
-    def train_windows(self) -> list[np.ndarray]:
-        """Training windows of up to ``max_len + 1`` chronological items, users in id order."""
+    def train_sequences(self) -> list[np.ndarray]:
+        """Each user's chronological training items (users in id order), read once."""
+        if self._train_sequences is None:
+            self._train_sequences = list(self.split.items_by_user(["train"]).values())
+        return self._train_sequences
+
+    def train_windows(self, epoch: int = 0) -> list[np.ndarray]:
+        """Training windows of up to ``max_len + 1`` chronological items, users in id order.
+
+        ``epoch`` only matters with ``window_offsets="random"`` (the shifts are drawn from
+        ``numpy.random.default_rng([seed, epoch])``).
+        """
         out = []
         span = self.max_len + 1
-        for seq in self.split.items_by_user(["train"]).values():
+        rng = np.random.default_rng([self.seed, epoch]) if self.window_offsets == "random" else None
+        for seq in self.train_sequences():
             end = seq.size
+            first = True
             while end >= self.min_window:
                 out.append(seq[max(0, end - span):end])
                 if self.windows == "last":
                     break
                 if end <= span:
                     break  # this window already starts at the first item
-                end -= self.window_stride
+                if first and rng is not None:
+                    # the next window ends 1..stride items earlier: its targets overlap or abut
+                    # this one's (end - max_len .. end - 1), so no item is skipped
+                    end -= int(rng.integers(1, self.window_stride + 1))
+                else:
+                    end -= self.window_stride
+                first = False
         return out
 
     def _collate_train(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -198,9 +228,10 @@ class SequenceDataModule(CFDataModule):
         return {"history": seq[:, :-1], "target": seq[:, 1:]}
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
         return DataLoader(
-            _ListDataset(self.train_windows()), batch_size=self.batch_size, shuffle=True,
+            _ListDataset(self.train_windows(epoch)), batch_size=self.batch_size, shuffle=True,
             collate_fn=self._collate_train, generator=generator,
         )
 

@@ -94,6 +94,9 @@ class SASRecTask(CFTask):
         dropout: float = 0.2,
         attention_dropout: float = 0.2,
         tie_output_embedding: bool = True,
+        layer_norm: Literal["pre", "post"] = "pre",
+        layer_norm_eps: float = 1e-5,
+        scale_embedding: bool = True,
         loss: Literal["ce", "bpr", "bce"] = "ce",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -104,7 +107,8 @@ class SASRecTask(CFTask):
         self.model = SASRec(SASRecConfig(
             n_items=n_items, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
             max_len=max_len, ffn_dim=ffn_dim, dropout=dropout, attention_dropout=attention_dropout,
-            tie_output_embedding=tie_output_embedding,
+            tie_output_embedding=tie_output_embedding, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
+            scale_embedding=scale_embedding,
         ))
 
     def loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -163,3 +163,32 @@ def test_overlapping_windows_cover_every_target_with_longer_contexts(tmp_path):
     assert targets == set(first_user[1:].tolist())
     with pytest.raises(ValueError, match="window_stride"):
         SequenceDataModule(str(folder), max_len=4, window_stride=5)
+
+
+def test_random_window_offsets_cover_every_target_and_change_with_the_epoch(tmp_path):
+    folder = write_synthetic_split(tmp_path / "loo", "loo", n_users=1, n_items=60, length=25)
+    dm = SequenceDataModule(str(folder), max_len=4, window_offsets="random", seed=3)
+    (seq,) = dm.split.items_by_user(["train"]).values()  # 23 distinct training items
+    assert len(set(seq.tolist())) == seq.size == 23
+    layouts = set()
+    for epoch in range(6):
+        windows = dm.train_windows(epoch)
+        spans = []
+        for w in windows:  # each window is a contiguous slice of the sequence, 2..5 items long
+            start = int(np.flatnonzero(seq == w[0])[0])
+            assert 2 <= len(w) <= 5 and np.array_equal(seq[start:start + len(w)], w)
+            spans.append((start, start + len(w)))
+        assert spans[0][1] == seq.size  # the most recent window ends at the last training item
+        assert spans[-1][0] == 0  # and the oldest one starts at the first
+        targets = set(np.concatenate([w[1:] for w in windows]).tolist())
+        assert targets == set(seq[1:].tolist())  # every item but the first is a target
+        # after the first shift, windows step back by exactly max_len
+        assert all(a[1] - b[1] == 4 for a, b in zip(spans[1:-1], spans[2:]) if b[0] > 0)
+        layouts.add(tuple(spans))
+        again = dm.train_windows(epoch)  # reproducible within an epoch
+        assert all(np.array_equal(a, b) for a, b in zip(windows, again)) and len(windows) == len(again)
+    assert len(layouts) > 1  # the shifts are redrawn across epochs
+    fixed = SequenceDataModule(str(folder), max_len=4)
+    assert all(np.array_equal(a, b) for a, b in zip(fixed.train_windows(0), fixed.train_windows(5)))
+    with pytest.raises(ValueError, match="window_offsets"):
+        SequenceDataModule(str(folder), max_len=4, window_offsets="shuffled")

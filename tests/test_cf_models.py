@@ -188,3 +188,46 @@ def test_mf_batch_l2_adds_the_squared_rows_of_the_batch():
     p, q = plain.model.user_embedding.weight, plain.model.item_embedding.weight
     squares = p[[1, 2]].pow(2).sum() + q[[3, 4]].pow(2).sum() + q[[5, 6]].pow(2).sum()
     torch.testing.assert_close(reg.loss(batch) - plain.loss(batch), 0.5 * squares / 2)
+
+
+def test_sasrec_dropout_keeps_the_expectation_and_is_off_in_eval():
+    from cf_models.sasrec import _Dropout
+
+    drop = _Dropout(0.25)
+    x = torch.full((200, 500), 3.0)
+    torch.manual_seed(0)
+    y = drop.train()(x)
+    kept = y != 0
+    # kept entries are scaled by 1 / (1 - p); the dropped fraction is p (100k draws: SE ~0.0014)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 4.0))
+    assert abs(1 - kept.double().mean().item() - 0.25) < 0.006
+    assert torch.equal(drop.eval()(x), x)
+    with pytest.raises(ValueError, match="dropout"):
+        _Dropout(1.0)
+
+
+def test_post_layer_norm_sasrec_keeps_padding_invariance_causality_and_round_trips(tmp_path):
+    model = _sasrec(layer_norm="post", layer_norm_eps=1e-12, scale_embedding=False)
+    history = torch.tensor([[3, 7, 1, 9, 4], [0, 0, 0, 5, 6]])
+    padded = torch.cat([torch.zeros(2, 3, dtype=torch.long), history], dim=1)
+    torch.testing.assert_close(model.encode(padded)[:, 3:], model.encode(history))
+    assert model.encode(padded)[:, :3].abs().max() == 0
+    changed = history.clone()
+    changed[0, 3] = 11
+    ha, hb = model.encode(history), model.encode(changed)
+    torch.testing.assert_close(ha[:, :3], hb[:, :3])
+    assert (ha[0, 3:] - hb[0, 3:]).abs().max() > 1e-4
+    # post-LN: every real position's state is a LayerNorm output (mean 0, unit variance over d)
+    real = model.encode(history)[history != 0]
+    torch.testing.assert_close(real.mean(-1), torch.zeros(real.shape[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(real.var(-1, unbiased=False), torch.ones(real.shape[0]), atol=1e-3, rtol=0)
+    # and differs from the pre-LN architecture with the same weights
+    pre = _sasrec(layer_norm="pre", layer_norm_eps=1e-12, scale_embedding=False)
+    pre.load_state_dict(model.state_dict())
+    assert (pre.encode(history) - model.encode(history)).abs().max() > 1e-3
+    model.save_pretrained(tmp_path / "post")
+    loaded = SASRec.from_pretrained(tmp_path / "post")
+    assert loaded.config.layer_norm == "post" and loaded.config.scale_embedding is False
+    torch.testing.assert_close(loaded.full_scores(history=history), model.full_scores(history=history))
+    with pytest.raises(ValueError, match="layer_norm"):
+        _sasrec(layer_norm="middle")
