@@ -59,6 +59,8 @@ class Profile:
         dtype: backbone dtype (trainable parts stay fp32).
         n_bootstrap: bootstrap resamples for the 95% intervals.
         eval_batch_size: prompts per evaluation batch.
+        warmup_steps: linear learning-rate warm-up of every LLM method (then cosine decay to 0 at
+            ``llm_steps``); the configs' 20 warm-up steps would outlast the short profiles.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Profile:
     dtype: Literal["float32", "bfloat16"] = "float32"
     n_bootstrap: int = 1000
     eval_batch_size: int = 8
+    warmup_steps: int = 1
 
 
 PROFILES: dict[str, Profile] = {
@@ -79,7 +82,7 @@ PROFILES: dict[str, Profile] = {
                      cf_max_epochs=8),
     # the README's results: within 90 minutes on a 2-core machine
     "full": Profile("full", llm_steps=150, batch_size=4, test_rows=200, generate=True, max_new_tokens=48,
-                    cf_max_epochs=None),
+                    cf_max_epochs=None, warmup_steps=15),
     # tests: tiny models, seconds
     "smoke": Profile("smoke", llm_steps=2, batch_size=2, test_rows=4, generate=True, max_new_tokens=4,
                      cf_max_epochs=1, dtype="float32", n_bootstrap=50, eval_batch_size=2),
@@ -277,6 +280,7 @@ class Comparison:
             "--model.dtype", p.dtype,
             "--model.seed", str(self.seed),
             "--model.n_bootstrap", str(p.n_bootstrap),
+            "--model.warmup_steps", str(p.warmup_steps),
             "--data.data_dir", str(self.split_dir),
             "--data.batch_size", str(p.batch_size),
             "--data.eval_batch_size", str(p.eval_batch_size),
@@ -355,8 +359,24 @@ class Comparison:
             est = scoring.yes_no_metrics(frame["user"].to_numpy(), frame["label"].to_numpy(),
                                          frame["score"].to_numpy(), frame["warm"].to_numpy(), n_resamples=n)
             records = estimates_to_records(est, base)
+        bundle = self.export_bundle(method, model, records, base["command"])
         return {"records": records, "loss_curve": read_loss_curve(Path(trainer.logger.log_dir) / "metrics.csv"),
-                "predictions": str(run_dir / "predictions_test.parquet")}
+                "predictions": str(Path(trainer.logger.log_dir) / "predictions_test.parquet"), "bundle": str(bundle)}
+
+    def export_bundle(self, method: str, model: Any, records: list[dict[str, Any]], command: str) -> Path:
+        """Write the trained run as a bundle (adapter, projector, CF model, gate, card) under its run folder."""
+        from collab_llm.bundle import save_bundle
+
+        llm = model.ilora_model() if hasattr(model, "ilora_model") else model.llm
+        proj = model.injector.projector
+        metrics = {r["metric"] if r.get("subset", "all") == "all" else f"{r['subset']}/{r['metric']}": float(r["value"])
+                   for r in records}
+        return save_bundle(
+            self.run_dir(method) / "bundle", llm, base_model=self.backbone_path(), dtype=model.hparams.dtype,
+            template=model.hparams.template, placeholder_ids=model.placeholder_ids,
+            projectors={"item": proj} if proj is not None else None, cf_model=model.injector.cf_model,
+            metrics=metrics, command=command, task=model.task,
+        )
 
     def run(self) -> Path:
         """Run every method not finished yet, then rewrite the report. Returns ``results.md``."""
@@ -365,15 +385,18 @@ class Comparison:
         for method in self.methods:
             result_path = self.run_dir(method) / "result.json"
             if result_path.exists():
+                stored = json.loads(result_path.read_text()).get("profile")
+                if stored != json.loads(json.dumps(asdict(self.profile))):
+                    raise ValueError(
+                        f"{result_path}: this run finished under another budget ({stored}), not profile "
+                        f"{asdict(self.profile)}; use another --report-dir or delete {result_path.parent}"
+                    )
                 self.log(f"[compare] {method}: already finished ({result_path}), skipped")
                 continue
             torch.manual_seed(self.seed)
             result = self.run_cf_alone() if method == self.spec.cf_method else self.run_llm(method)
             result["profile"] = asdict(self.profile)
             result["n_test_rows"] = len(test_rows)
-            if "predictions" in result:
-                # keep the per-row predictions next to the result (the report's plots and CIs come from them)
-                pass
             write_json(result_path, result)
         return self.write()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -21,6 +23,8 @@ def real_assets() -> AssetPaths:
     Fill the cache once with ``collab-llm assets`` (or ``python -m collab_llm.assets``).
     """
     paths = find_assets()
+    if paths is None and os.environ.get("CI", "").lower() in ("1", "true"):
+        pytest.fail(f"CI: real assets missing from the cache {cache_root()}; run.sh should have fetched them")
     if paths is None:
         pytest.skip(f"real assets not in the cache {cache_root()}; run `collab-llm assets` first")
     return paths

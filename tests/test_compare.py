@@ -48,6 +48,8 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
     assert ("llara", "hr@1") in metrics and ("llara", "ndcg@10") in metrics
     assert ("llara", "gen_hr@1") in metrics and ("llara", "gen_valid_ratio") in metrics
     assert ("sasrec", "hr@1") in metrics
+    bundle = report / "runs" / "ilora" / "bundle"
+    assert (bundle / "bundle.json").exists() and (bundle / "README.md").exists()
     csv = pd.read_csv(report / "results.csv")
     assert len(csv) == len(records)
     md = (report / "results.md").read_text()
@@ -62,6 +64,11 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
     before = (report / "runs" / "llara" / "result.json").read_text()
     comp.run()
     assert (report / "runs" / "llara" / "result.json").read_text() == before
+
+    # a finished run under another budget is not silently mixed into the report
+    other = compare.Comparison("nextitem", ["llara"], replace(profile, llm_steps=3), work, report, backbone=str(backbone))
+    with pytest.raises(ValueError, match="another budget"):
+        other.run()
 
 
 def test_compare_rejects_unknown_method(tmp_path):
