@@ -155,27 +155,19 @@ def estimates_to_records(
     return records
 
 
-def _left_pad(rows: Sequence[np.ndarray], length: int) -> torch.Tensor:
-    out = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        r = np.array(r, dtype=np.int64)[-length:]
-        if r.size:
-            out[i, length - r.size:] = torch.from_numpy(r)
-    return out
-
-
 @torch.no_grad()
 def cf_alone_estimates(
     protocol: Protocol, cf_dir: Path, test: pd.DataFrame, n_resamples: int, max_history: int = 50
 ) -> dict[str, Estimate | int]:
     """Score the test rows with the CF model alone (same rows, same candidates as the LLMs)."""
     from cf_models.base import CFModel
+    from cf_models.data import left_pad
 
     from collab_llm import scoring
 
     model = CFModel.from_pretrained(cf_dir).eval()
     if protocol == "nextitem":
-        history = _left_pad(list(test["history"]), max_history)
+        history = left_pad(list(test["history"]), max_history)
         cands = torch.tensor(np.stack(test["candidates"].to_numpy()), dtype=torch.long)
         scores = model.pair_scores(cands, history=history)
         target = (cands == torch.tensor(test["target"].to_numpy()).view(-1, 1)).float().argmax(1)
