@@ -331,8 +331,7 @@ class Comparison:
         trainer.test(model, datamodule=cli.datamodule, verbose=False)
         eval_s = time.perf_counter() - start
         frame = model.predictions["test"]
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_params = max(n_params, sum(p.numel() for p in model.trainable_parameters()))
+        n_params = sum(p.numel() for p in model.trainable_parameters())  # LoRA + projector (+ iLoRA gate)
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
             "command": "collab-llm fit " + shlex.join(args), "config": str(self.spec.llm_methods[method].relative_to(REPO)),

@@ -758,7 +758,7 @@ class ILoRACollabLLM(CollabLLM):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         total_steps: int | None = None,
-        curriculum_steps: int = 1000,
+        curriculum_steps: int | None = None,
         stage1_steps: int = 0,
         eval_prompt: EvalPrompt = "auto",
         eval_generation: bool = False,

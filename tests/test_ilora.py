@@ -485,6 +485,10 @@ def test_module_signature_covers_collab_llm():
     parent = inspect.signature(CollabLLM.__init__).parameters
     child = inspect.signature(ILoRACollabLLM.__init__).parameters
     assert [k for k in parent if k not in child] == []
+    # same defaults as CollabLLM (so iLoRA with defaults differs from LLaRA only by its experts), except
+    # the paper's LoRA settings for iLoRA: alpha 32, dropout 0.1
+    differing = {k for k in parent if k != "self" and parent[k].default != child[k].default}
+    assert differing == {"lora_alpha", "lora_dropout"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
