@@ -25,7 +25,7 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -50,7 +50,8 @@ class Profile:
         name: profile name (recorded in the report).
         llm_steps: optimizer steps of every LLM method (same for all: same budget).
         batch_size: training prompts per step.
-        test_rows: evaluate on the first ``test_rows`` rows of the test table (``None``: all).
+        test_rows: evaluate on a seeded random sample of ``test_rows`` rows of the test table
+            (``None``: all), the same sample for every method (:func:`collab_llm.datamodule.sample_rows`).
             Every method, CF models included, is scored on exactly these rows.
         generate: next-item only: also generate answers (greedy) and parse them (the papers'
             HR@1 and ValidRatio).
@@ -61,6 +62,8 @@ class Profile:
         eval_batch_size: prompts per evaluation batch.
         warmup_steps: linear learning-rate warm-up of every LLM method (then cosine decay to 0 at
             ``llm_steps``); the configs' 20 warm-up steps would outlast the short profiles.
+        per_protocol: fields that differ by protocol (a Yes/No row costs one forward of a short
+            prompt, a next-item row a long prompt plus 20 candidates or a generation).
     """
 
     name: str
@@ -74,15 +77,24 @@ class Profile:
     n_bootstrap: int = 1000
     eval_batch_size: int = 8
     warmup_steps: int = 1
+    per_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_protocol(self, protocol: str) -> "Profile":
+        """This profile with ``per_protocol[protocol]``'s fields applied (the overrides themselves dropped)."""
+        return replace(self, **self.per_protocol.get(protocol, {}), per_protocol={})
 
 
 PROFILES: dict[str, Profile] = {
     # the README's main job: about 10 minutes of compute on a 2-core machine
     "quick": Profile("quick", llm_steps=8, batch_size=2, test_rows=32, generate=False, max_new_tokens=32,
                      cf_max_epochs=8),
-    # the README's results: within 90 minutes on a 2-core machine
-    "full": Profile("full", llm_steps=150, batch_size=4, test_rows=200, generate=True, max_new_tokens=48,
-                    cf_max_epochs=None, warmup_steps=15),
+    # the README's results (results/): both protocols within 90 minutes on a 2-core machine. Sized from
+    # measured costs (SmolLM2-135M fp32, 2 threads): a next-item training step of 4 prompts ~16 s, a
+    # next-item test row ~2 s ranked + ~2-3 s generated (64 new tokens at most, as LLaRA); a Yes/No step
+    # of 4 prompts ~7 s, a Yes/No test row ~0.6 s.
+    "full": Profile("full", llm_steps=32, batch_size=4, test_rows=100, generate=True, max_new_tokens=64,
+                    cf_max_epochs=None, warmup_steps=3,
+                    per_protocol={"yesno": {"llm_steps": 48, "test_rows": 500}}),
     # tests: tiny models, seconds
     "smoke": Profile("smoke", llm_steps=2, batch_size=2, test_rows=4, generate=True, max_new_tokens=4,
                      cf_max_epochs=1, dtype="float32", n_bootstrap=50, eval_batch_size=2),
@@ -101,6 +113,7 @@ class ProtocolSpec:
     data_config: Path
     default_methods: tuple[str, ...]
     llm_methods: dict[str, Path]  # method -> model config fragment
+    train_table: str | None = None  # the LLMs' training table (None: the data config's)
 
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
@@ -124,6 +137,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "tallrec": CONFIGS / "llm" / "model" / "tallrec_collm.yaml",
             "collm": CONFIGS / "llm" / "model" / "collm_yes_no.yaml",
         },
+        # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
+        train_table="train_256",
     ),
 }
 
@@ -202,6 +217,7 @@ class Comparison:
         if unknown:
             raise ValueError(f"protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)}")
         self.spec = spec
+        self.profile = self.profile.for_protocol(self.protocol)
         self.work_dir = Path(self.work_dir)
         self.report_dir = Path(self.report_dir)
 
@@ -256,9 +272,11 @@ class Comparison:
         return args
 
     def test_rows(self) -> pd.DataFrame:
+        from collab_llm.datamodule import sample_rows
+
         test = pd.read_parquet(self.split_dir / "test.parquet")
         n = self.profile.test_rows
-        return test if n is None else test.iloc[:n].reset_index(drop=True)
+        return test if n is None else sample_rows(test, n, self.seed)  # the rows RecDataModule(test_sample=n) scores
 
     def llm_args(self, method: str) -> list[str]:
         p = self.profile
@@ -285,12 +303,25 @@ class Comparison:
             "--trainer.logger.init_args.name", "logs",
         ]
         if p.test_rows is not None:
-            args += ["--trainer.limit_test_batches", str(math.ceil(p.test_rows / p.eval_batch_size))]
+            args += ["--data.test_sample", str(p.test_rows), "--data.test_sample_seed", str(self.seed)]
         if self.protocol == "nextitem":
             args += ["--model.eval_generation", str(p.generate).lower(), "--model.max_new_tokens", str(p.max_new_tokens)]
         if method != "tallrec":
             args += ["--model.cf_model_path", str(self.cf_dir)]
+        if self.regime(method) == "two_stage":
+            # CoLLM within the shared budget: the first half of the steps is stage 1 (LoRA, text
+            # prompts), the second half stage 2 (projector, hybrid prompts)
+            args += ["--model.stage1_steps", str(max(1, p.llm_steps // 2))]
+        if self.spec.train_table is not None:
+            args += ["--data.train_table", self.spec.train_table]
         return args
+
+    def regime(self, method: str) -> str:
+        """The ``model.regime`` of a method's config fragment."""
+        import yaml
+
+        model = yaml.safe_load(self.spec.llm_methods[method].read_text()).get("model") or {}
+        return (model.get("init_args") or model).get("regime", "joint")
 
     def base_record(self, method: str) -> dict[str, Any]:
         return {"protocol": f"{self.protocol}:{self.spec.split_name}", "method": method, "profile": self.profile.name,
@@ -331,6 +362,10 @@ class Comparison:
         trainer.test(model, datamodule=cli.datamodule, verbose=False)
         eval_s = time.perf_counter() - start
         frame = model.predictions["test"]
+        expected = self.test_rows()
+        if "user" in frame and frame["user"].tolist() != expected["user"].tolist():
+            raise RuntimeError(f"[compare] {method}: scored {len(frame)} test rows that differ from the "
+                               f"{len(expected)} shared ones (users out of order or missing)")
         n_params = sum(p.numel() for p in model.trainable_parameters())  # LoRA + projector (+ iLoRA gate)
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
@@ -424,7 +459,9 @@ def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="nextitem")
+    p.add_argument("--protocol", nargs="+", choices=sorted(PROTOCOLS), default=["nextitem"],
+                   help="one protocol, or several: each runs into <report-dir>/<protocol>/ and a combined "
+                        "report is written in <report-dir>")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora; "
                         "yesno: mf tallrec collm)")
@@ -435,24 +472,71 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="default: reports/<protocol>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", default=None,
+                   help="also copy the report's files (results.md/.csv/.json, PNGs; no runs, no weights) here")
     return p
 
 
-def _comparison(ns: argparse.Namespace) -> Comparison:
-    profile = PROFILES[ns.profile]
+def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir: Path | None = None) -> Comparison:
+    protocol = protocol or ns.protocol[0]
+    profile = PROFILES[ns.profile].for_protocol(protocol)
     if ns.llm_steps is not None:
         profile = replace(profile, llm_steps=ns.llm_steps)
     if ns.test_rows is not None:
         profile = replace(profile, test_rows=ns.test_rows)
-    methods = ns.methods or list(PROTOCOLS[ns.protocol].default_methods)
-    report = ns.report_dir or f"reports/{ns.protocol}-{profile.name}"
-    return Comparison(ns.protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed)
+    methods = ns.methods or list(PROTOCOLS[protocol].default_methods)
+    report = report_dir or Path(ns.report_dir or f"reports/{protocol}-{profile.name}")
+    return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed)
+
+
+def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str) -> Path:
+    """One report over several comparisons' finished runs (records, metric plots, loss curves)."""
+    paths, curves = [], {}
+    for comp in comparisons:
+        for m in comp.methods:
+            path = comp.run_dir(m) / "result.json"
+            if path.exists():
+                paths.append(path)
+                curve = json.loads(path.read_text()).get("loss_curve") or []
+                if curve:
+                    curves[f"{comp.protocol}/{m}"] = [tuple(x) for x in curve]
+    pre = "".join(
+        f"- `{c.protocol}` ({c.spec.split_name}): profile `{c.profile.name}` ({c.profile}), seed {c.seed}.\n"
+        for c in comparisons
+    ) + "\nIntervals: 95% bootstrap over test rows (UAUC: over users).\n"
+    return write_report(load_records(paths), out_dir, curves, title=title, preamble=pre)
+
+
+def export_report(report_dir: Path, dest: Path) -> None:
+    """Copy a report's files (no runs: no weights, no predictions) into ``dest``."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(report_dir.iterdir()):
+        if path.is_file() and path.suffix in (".md", ".csv", ".json", ".png"):
+            shutil.copy2(path, dest / path.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``collab-llm compare``."""
-    ns = _parser("collab-llm compare").parse_args(argv)
-    _comparison(ns).run()
+    parser = _parser("collab-llm compare")
+    ns = parser.parse_args(argv)
+    if len(ns.protocol) == 1:
+        comp = _comparison(ns)
+        comp.run()
+        report_dir = comp.report_dir
+    else:
+        if ns.methods is not None:
+            parser.error("--methods applies to one protocol; with several, each runs its default methods")
+        report_dir = Path(ns.report_dir or f"reports/{'+'.join(ns.protocol)}-{ns.profile}")
+        comps = [_comparison(ns, p, report_dir / p) for p in ns.protocol]
+        for comp in comps:
+            comp.run()
+        path = write_combined(comps, report_dir, title=f"collab-llm: {' + '.join(ns.protocol)}, profile {ns.profile}")
+        print(f"[compare] combined report: {path}", flush=True)
+    if ns.export:
+        export_report(report_dir, Path(ns.export))
+        print(f"[compare] report files copied to {ns.export}", flush=True)
     return 0
 
 

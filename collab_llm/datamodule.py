@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
 from collab_llm.prompts import Mode, Task, load_template
+
+
+def sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """A seeded random sample of ``n`` rows of ``frame`` (all rows if it has fewer), in table order, index reset."""
+    if n >= len(frame):
+        return frame.reset_index(drop=True)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
+    return frame.iloc[chosen].reset_index(drop=True)
 
 
 class RecDataModule(L.LightningDataModule):
@@ -35,6 +44,10 @@ class RecDataModule(L.LightningDataModule):
         batch_size, eval_batch_size, num_workers: loaders.
         seed: training shuffle seed.
         limit_rows: keep only the first rows of every table (smoke tests).
+        test_sample: evaluate on a seeded random sample of this many test rows, kept in table order
+            (:func:`sample_rows`; ``None``: all). A budget-limited comparison scores every method on
+            the same sample (rows taken from the top of a user-sorted table would cover few users).
+        test_sample_seed: the sample's seed.
     """
 
     def __init__(
@@ -54,6 +67,8 @@ class RecDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         limit_rows: int | None = None,
+        test_sample: int | None = None,
+        test_sample_seed: int = 0,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -70,6 +85,10 @@ class RecDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.limit_rows = limit_rows
+        if test_sample is not None and test_sample < 1:
+            raise ValueError(f"test_sample must be >= 1 or None, got {test_sample}")
+        self.test_sample = test_sample
+        self.test_sample_seed = test_sample_seed
         self.collator: PromptCollator | None = None
         self.datasets: dict[str, TableDataset] = {}
 
@@ -94,7 +113,10 @@ class RecDataModule(L.LightningDataModule):
         for split in wanted.get(stage or "fit", ["train", "val", "test"]):
             if split not in self.datasets:
                 name = self.tables[split]
-                self.datasets[split] = TableDataset(self._read(name), self.task, f"{self.data_dir / name}.parquet")
+                frame = self._read(name)
+                if split == "test" and self.test_sample is not None:
+                    frame = sample_rows(frame, self.test_sample, self.test_sample_seed)
+                self.datasets[split] = TableDataset(frame, self.task, f"{self.data_dir / name}.parquet")
 
     def _read_items(self) -> pd.DataFrame:
         path = self.data_dir / "items.parquet"

@@ -225,6 +225,7 @@ def rank_candidates(
     attention_mask: Tensor,
     candidate_token_ids: Sequence[Sequence[Sequence[int]]],
     length_normalize: bool = False,
+    method: str = "packed",
 ) -> Tensor:
     """Log-likelihood of each candidate answer after its row's prompt.
 
@@ -233,20 +234,29 @@ def rank_candidates(
         attention_mask: ``(B, T)``.
         candidate_token_ids: ``B`` rows of ``C`` candidates, each the answer's token ids exactly as
             they follow the prompt in training (title tokens then EOS, see :func:`encode_answers`).
-            Lengths may differ; they are right-padded and masked.
+            Lengths may differ.
         length_normalize: divide each sum by the candidate's number of tokens.
+        method: how the candidates reuse the prompt's KV cache (both give the same scores, equal to
+            scoring every ``prompt + candidate`` in full):
+
+            - ``"packed"`` (default): a row's ``C`` answers are concatenated into ONE continuation of
+              its prompt, and a custom 4D attention mask lets each answer token see the prompt and
+              the earlier tokens of its own answer only (positions restart after the prompt for
+              every answer). The cache is never copied, the batch stays ``B`` (an iLoRA gate set for
+              ``B`` rows applies as is), and no padding is computed: ``sum_c (L_c - 1)`` tokens per
+              row. Needs a model whose attention accepts a prepared 4D mask (every model built on
+              ``transformers.masking_utils``: Llama, Qwen2, GPT-2, Mistral, ...).
+            - ``"expand"``: the cache is ``repeat_interleave``'d to ``B*C`` rows and the right-padded
+              answers run as ``B*C`` sequences. Works with any cache-aware model, but copies the
+              prompt's keys and values ``C`` times (SmolLM2-135M, T=450, C=20: about 0.4 GB per row
+              in fp32) and computes the padding.
 
     Returns:
         ``(B, C)`` float32 ``sum_t log p(a_t | prompt, a_<t)`` (or its mean).
-
-    The prompt runs once: ``(B, T)`` -> KV cache, expanded to ``B*C`` rows with
-    ``repeat_interleave``; then the ``B*C`` answers (all but their last token) run in one pass with
-    positions continuing after each prompt. Equal to scoring every ``prompt + candidate`` in full.
-    Memory: the expanded cache holds ``B*C`` copies of the prompt's keys and values (SmolLM2-135M,
-    T=450, C=20: about 0.4 GB per row in fp32), so choose ``B`` accordingly. iLoRA's gate, set for
-    ``B`` rows, is repeat-interleaved over the ``B*C`` rows by :class:`collab_llm.ilora.ExpertGate`.
     """
     check_left_padded(inputs_embeds, attention_mask)
+    if method not in ("packed", "expand"):
+        raise ValueError(f"method must be 'packed' or 'expand', got {method!r}")
     batch = inputs_embeds.shape[0]
     device = inputs_embeds.device
     cand_ids, cand_mask = _pad_candidates(candidate_token_ids, batch)
@@ -271,29 +281,124 @@ def rank_candidates(
 
     if length > 1:
         cache = out.cache if getattr(out, "cache", None) is not None else cache
-        cache.batch_repeat_interleave(n_cand)
-        step_ids = cand_ids[:, :-1]  # (B*C, L-1): inputs that predict tokens 1..L-1
-        step_embeds = model.get_input_embeddings()(step_ids).to(inputs_embeds.dtype)
-        full_mask = torch.cat(
-            [attention_mask.long().repeat_interleave(n_cand, dim=0), cand_mask[:, :-1]], dim=1
-        )  # (B*C, T + L - 1)
-        start = attention_mask.long().sum(dim=1).repeat_interleave(n_cand)  # (B*C,) prompt lengths
-        step_positions = start[:, None] + torch.arange(length - 1, device=device)[None, :]
-        out2 = model(
-            inputs_embeds=step_embeds,
-            attention_mask=full_mask,
-            position_ids=step_positions,
-            cache=cache,
-            use_cache=True,
-        )
-        logits = out2.logits.float()  # (B*C, L-1, V)
-        picked = logits.gather(2, cand_ids[:, 1:, None]).squeeze(-1)  # (B*C, L-1)
-        token_logp.append(picked - torch.logsumexp(logits, dim=-1))  # log-softmax at the picked ids only
+        if method == "packed":
+            token_logp.append(
+                _packed_continuation_logp(model, cache, attention_mask, candidate_token_ids, length, inputs_embeds.dtype)
+            )
+        else:
+            token_logp.append(
+                _expanded_continuation_logp(model, cache, attention_mask, cand_ids, cand_mask, n_cand, inputs_embeds.dtype)
+            )
     per_token = torch.cat(token_logp, dim=1) * cand_mask  # (B*C, L), 0 on padding
     total = per_token.sum(dim=1)
     if length_normalize:
         total = total / cand_mask.sum(dim=1)
     return total.view(batch, n_cand)
+
+
+def _expanded_continuation_logp(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    attention_mask: Tensor,
+    cand_ids: Tensor,
+    cand_mask: Tensor,
+    n_cand: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``(B*C, L-1)`` log-probs of answer tokens 1..L-1, the cache copied once per candidate."""
+    device = cand_ids.device
+    length = cand_ids.shape[1]
+    cache.batch_repeat_interleave(n_cand)
+    step_ids = cand_ids[:, :-1]  # (B*C, L-1): inputs that predict tokens 1..L-1
+    step_embeds = model.get_input_embeddings()(step_ids).to(dtype)
+    full_mask = torch.cat(
+        [attention_mask.long().repeat_interleave(n_cand, dim=0), cand_mask[:, :-1]], dim=1
+    )  # (B*C, T + L - 1)
+    start = attention_mask.long().sum(dim=1).repeat_interleave(n_cand)  # (B*C,) prompt lengths
+    step_positions = start[:, None] + torch.arange(length - 1, device=device)[None, :]
+    out = model(
+        inputs_embeds=step_embeds,
+        attention_mask=full_mask,
+        position_ids=step_positions,
+        cache=cache,
+        use_cache=True,
+    )
+    logits = out.logits.float()  # (B*C, L-1, V)
+    picked = logits.gather(2, cand_ids[:, 1:, None]).squeeze(-1)  # (B*C, L-1)
+    return picked - torch.logsumexp(logits, dim=-1)  # log-softmax at the picked ids only
+
+
+def _packed_continuation_logp(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    attention_mask: Tensor,
+    candidate_token_ids: Sequence[Sequence[Sequence[int]]],
+    length: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``(B*C, L-1)`` log-probs of answer tokens 1..L-1, all answers of a row in one sequence.
+
+    Row ``b``'s inputs are ``a_c[0 .. L_c-2]`` for every candidate ``c``, concatenated (``Q_b``
+    tokens; rows right-padded to ``Q = max_b Q_b``). Query ``q`` of answer ``c`` at offset ``t``
+    has position ``P_b + t`` (``P_b`` = the row's prompt length) and sees the row's real prompt
+    tokens plus answer ``c``'s tokens ``0..t``; its logits predict ``a_c[t + 1]``. Padding queries
+    see the prompt only and are dropped.
+    """
+    device = attention_mask.device
+    batch, prompt_len = attention_mask.shape
+    n_cand = len(candidate_token_ids[0])
+    inputs: list[list[int]] = []
+    segment: list[list[int]] = []  # per query: candidate index
+    offset: list[list[int]] = []  # per query: position within its answer
+    for row in candidate_token_ids:
+        ids, seg, off = [], [], []
+        for c, cand in enumerate(row):
+            steps = list(cand[:-1])
+            ids += steps
+            seg += [c] * len(steps)
+            off += range(len(steps))
+        inputs.append(ids)
+        segment.append(seg)
+        offset.append(off)
+    q_len = max(len(ids) for ids in inputs)
+    ids_t = torch.zeros(batch, q_len, dtype=torch.long)
+    seg_t = torch.full((batch, q_len), -1, dtype=torch.long)
+    off_t = torch.zeros(batch, q_len, dtype=torch.long)
+    for b in range(batch):
+        n = len(inputs[b])
+        ids_t[b, :n] = torch.tensor(inputs[b], dtype=torch.long)
+        seg_t[b, :n] = torch.tensor(segment[b], dtype=torch.long)
+        off_t[b, :n] = torch.tensor(offset[b], dtype=torch.long)
+    ids_t, seg_t, off_t = ids_t.to(device), seg_t.to(device), off_t.to(device)
+
+    # (B, Q, T + Q) visibility: the real prompt tokens, then earlier-or-same tokens of the same answer.
+    q_index = torch.arange(q_len, device=device)
+    same_answer = (seg_t[:, :, None] == seg_t[:, None, :]) & (seg_t[:, :, None] >= 0)
+    causal = q_index[None, :, None] >= q_index[None, None, :]
+    own = same_answer & causal
+    own = own | torch.eye(q_len, dtype=torch.bool, device=device)[None]  # padding queries see themselves
+    prompt_visible = attention_mask.bool()[:, None, :].expand(batch, q_len, prompt_len)
+    visible = torch.cat([prompt_visible, own], dim=2)
+    mask = torch.zeros(batch, 1, q_len, prompt_len + q_len, dtype=dtype, device=device)
+    mask.masked_fill_(~visible[:, None], torch.finfo(dtype).min)
+
+    prompt_lengths = attention_mask.long().sum(dim=1)
+    positions = prompt_lengths[:, None] + off_t
+    step_embeds = model.get_input_embeddings()(ids_t).to(dtype)
+    out = model(inputs_embeds=step_embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    logits = out.logits.float()  # (B, Q, V)
+    targets = torch.zeros(batch, q_len, dtype=torch.long, device=device)
+    for b, row in enumerate(candidate_token_ids):
+        nxt = [tok for cand in row for tok in cand[1:]]  # a_c[t + 1] for every query, in order
+        targets[b, : len(nxt)] = torch.tensor(nxt, dtype=torch.long)
+    logp = logits.gather(2, targets[:, :, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (B, Q)
+
+    # Scatter back to the (B*C, L-1) layout of the expanded path (0 where an answer is shorter).
+    result = torch.zeros(batch * n_cand, length - 1, dtype=torch.float32, device=device)
+    valid = seg_t >= 0
+    rows = (torch.arange(batch, device=device)[:, None] * n_cand + seg_t.clamp(min=0))[valid]
+    result[rows, off_t[valid]] = logp[valid]
+    return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,3 +74,38 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
 def test_compare_rejects_unknown_method(tmp_path):
     with pytest.raises(ValueError, match="no method"):
         compare.Comparison("nextitem", ["collm_typo"], compare.PROFILES["smoke"], tmp_path, tmp_path / "r")
+
+
+def test_yesno_llm_args_share_the_budget_and_few_shot_set(tmp_path):
+    profile = replace(compare.PROFILES["smoke"], llm_steps=10, test_rows=7)
+    comp = compare.Comparison("yesno", ["tallrec", "collm"], profile, tmp_path, tmp_path / "r", seed=3)
+
+    def value(args, flag):
+        return args[args.index(flag) + 1] if flag in args else None
+
+    collm, tallrec = comp.llm_args("collm"), comp.llm_args("tallrec")
+    assert value(collm, "--model.stage1_steps") == "5"  # half of the shared 10 steps is CoLLM's stage 1
+    assert value(tallrec, "--model.stage1_steps") is None
+    for args in (collm, tallrec):
+        assert value(args, "--trainer.max_steps") == "10"
+        assert value(args, "--data.train_table") == "train_256"
+        assert (value(args, "--data.test_sample"), value(args, "--data.test_sample_seed")) == ("7", "3")
+
+
+def test_test_sample_is_the_rows_compare_scores(tmp_path):
+    from collab_llm.datamodule import RecDataModule, sample_rows
+
+    split = make_split(tmp_path, "next_item")
+    backbone = make_backbone_dir(tmp_path, "llama")
+    full = pd.read_parquet(split / "test.parquet")
+    n = len(full) // 2
+    dm = RecDataModule(str(split), "llara_movielens", str(backbone), test_sample=n, test_sample_seed=5)
+    dm.setup("test")
+    got = [dm.datasets["test"][i]["user"] for i in range(len(dm.datasets["test"]))]
+    expected = sample_rows(full, n, 5)
+    assert len(expected) == n and expected["user"].is_monotonic_increasing  # table order kept
+    assert expected["user"].tolist() != full["user"].iloc[:n].tolist()  # not simply the first rows
+    assert got == expected["user"].tolist()
+    assert sample_rows(full, len(full) + 5, 0).equals(full.reset_index(drop=True))
+    with pytest.raises(ValueError, match="test_sample must be"):
+        RecDataModule(str(split), "llara_movielens", str(backbone), test_sample=0)

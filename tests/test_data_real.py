@@ -89,4 +89,5 @@ def test_collm_reproduces_published_counts(real_assets: AssetPaths, tmp_path: Pa
     test = split.table("test")
     assert (test["label"] == (test["rating"] >= 4)).all()
     assert 0.3 < test["warm"].mean() < 1.0
+    assert {k: tables[f"train_{k}"] for k in (16, 64, 256, 1024)} == {16: 16, 64: 64, 256: 256, 1024: 1024}
     assert elapsed < 60, f"reading ML-1M + CoLLM preset took {elapsed:.1f}s"

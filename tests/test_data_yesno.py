@@ -41,7 +41,7 @@ def test_collm_rows_written_out(tmp_path: Path) -> None:
     ]
     data = make_data(rows, n_items=6, n_users=2)
     split = load_split(prepare_collm(data, tmp_path / "c", n_months=4, train_months=2, valid_months=1, test_months=1,
-                                     skip_last_months=0, history_len=2))
+                                     skip_last_months=0, history_len=2, shots=(2,)))
     assert _yesno_rows(split.table("train")) == [
         (1, 2, 0, 2.0, [1], True), (1, 3, 1, 4.0, [1], True), (1, 4, 1, 4.0, [1], True), (2, 2, 1, 4.0, [], True)]
     assert _yesno_rows(split.table("valid")) == [(1, 5, 0, 1.0, [3, 4], False)]
@@ -49,9 +49,11 @@ def test_collm_rows_written_out(tmp_path: Path) -> None:
     assert split.interactions["split"].tolist() == ["unused", "train", "train", "train", "valid", "test", "train", "test"]
     assert split.manifest["filters"]["slots"] == {"train": [2, 3], "valid": [4, 4], "test": [5, 5]}
     assert split.manifest["stats"]["window"] == {"rows": 7, "users": 2, "items": 5, "first_slot": 2, "last_slot": 5}
+    few = _yesno_rows(split.table("train_2"))  # TALLRec-style few-shot set drawn from the train pool
+    assert len(few) == 2 and set(map(str, few)) <= set(map(str, _yesno_rows(split.table("train"))))
     # skipping the last month shifts the window by one slot
     shifted = load_split(prepare_collm(data, tmp_path / "d", n_months=4, train_months=2, valid_months=1, test_months=1,
-                                       skip_last_months=1))
+                                       skip_last_months=1, shots=(1,)))
     assert shifted.manifest["filters"]["slots"] == {"train": [1, 2], "valid": [3, 3], "test": [4, 4]}
     assert shifted.table("test")["item"].tolist() == [5]
 
@@ -93,5 +95,5 @@ def test_tallrec_rows_and_few_shot_sets(tmp_path: Path) -> None:
     again = load_split(prepare_tallrec(data, tmp_path / "t2", seed=0, shots=(1, 3), ratios=(0.6, 0.2, 0.2), history_len=2))
     pd.testing.assert_frame_equal(again.table("train_3"), s3)
     assert split.interactions["split"].value_counts().to_dict() == {"train": 6, "valid": 2, "test": 2}
-    with pytest.raises(ValueError, match=r"few-shot size 16 exceeds the training pool \(4 rows\)"):
+    with pytest.raises(ValueError, match=r"few-shot size 16 must be in 1..4 \(the training pool's rows\)"):
         prepare_tallrec(data, tmp_path / "bad", shots=(16,), ratios=(0.6, 0.2, 0.2))

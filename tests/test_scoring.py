@@ -106,14 +106,15 @@ def naive_loglik(model, prompt_ids, answer_ids):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("length_normalize", [False, True])
-def test_rank_candidates_equals_full_forward(family, length_normalize):
+@pytest.mark.parametrize("method", ["packed", "expand"])
+def test_rank_candidates_equals_full_forward(family, length_normalize, method):
     model, tok = tiny_causal_lm(family)
     embeds, mask, ids = left_pad(model, tok, PROMPTS)
     titles = [["Heat", "Toy Story (1995)", "Casino"], ["Babe", "Sabrina", "GoldenEye"], ["Jumanji", "Heat", "Four Rooms"]]
     cands = [encode_answers(tok, t) for t in titles]
     assert len({len(c) for row in cands for c in row}) > 1  # lengths differ: padding is exercised
     with torch.no_grad():
-        got = rank_candidates(model, embeds, mask, cands, length_normalize=length_normalize)
+        got = rank_candidates(model, embeds, mask, cands, length_normalize=length_normalize, method=method)
     assert got.shape == (3, 3) and got.dtype == torch.float32
     for i in range(3):
         for c in range(3):
@@ -133,6 +134,20 @@ def test_rank_candidates_single_token_answers(family):
         # log-likelihoods of Yes and No: their softmax over the pair is P(Yes)
         p_yes = yes_no_scores(model, embeds, mask, yes, no)
     assert torch.allclose(torch.softmax(got, dim=1)[:, 0], p_yes, atol=1e-5)
+
+
+def test_rank_candidates_packed_and_expanded_agree_with_one_candidate_longest():
+    # one long answer among short ones: the packed rows differ a lot in length (row padding exercised)
+    model, tok = tiny_causal_lm("qwen2")
+    embeds, mask, _ = left_pad(model, tok, PROMPTS[:2])
+    titles = [["A", "Toy Story (1995) and a much longer title", "B"], ["C", "D", "E"]]
+    cands = [encode_answers(tok, t) for t in titles]
+    with torch.no_grad():
+        packed = rank_candidates(model, embeds, mask, cands, method="packed")
+        expand = rank_candidates(model, embeds, mask, cands, method="expand")
+    assert torch.allclose(packed, expand, atol=1e-4)
+    with pytest.raises(ValueError, match="method must be"):
+        rank_candidates(model, embeds, mask, cands, method="tree")
 
 
 def test_rank_candidates_rejects_ragged_candidate_counts():

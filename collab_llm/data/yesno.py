@@ -19,7 +19,9 @@ The window ends ``skip_last_months`` (1) before the data's last month: on ML-1M 
 counts exactly (train 33,891 / valid 10,401 / test 7,331, i.e. "33.9k / 10.4k / 7.3k"); with the last
 month included the counts would be 31,750 / 8,854 / 7,534. The window has 838 users and 3,255 items,
 one fewer of each than the published 839 / 3,256; we believe CoLLM reports ``max id + 1`` of 0-based ids
-(or counts a padding id), which we cannot check without its data files.
+(or counts a padding id), which we cannot check without its data files. Like ``tallrec``, it also writes
+TALLRec-style few-shot training sets ``train_16/64/256/1024`` (nested, one seeded permutation of ``train``)
+for LLM tuning at a small budget; ``train`` stays the whole pool (the CF models train on it).
 
 ``tallrec`` — label = rating > 3. TALLRec does not publish its split; we split *all* interactions
 chronologically (global time order, ties by user then file order): the first ``ratios[0]`` (80%) are the
@@ -82,6 +84,17 @@ def _warm(rows: np.ndarray, users: np.ndarray, items: np.ndarray, train_rows: np
     return np.isin(users[rows], np.unique(users[train_rows])) & np.isin(items[rows], np.unique(items[train_rows]))
 
 
+def few_shot_tables(pool: pa.Table, shots: tuple[int, ...], seed: int) -> dict[str, pa.Table]:
+    """``train_k`` tables: the first ``k`` rows of one seeded permutation of ``pool`` (nested sets), in pool order."""
+    permutation = np.random.default_rng(seed).permutation(pool.num_rows)
+    out = {}
+    for k in shots:
+        if not 0 < k <= pool.num_rows:
+            raise ValueError(f"few-shot size {k} must be in 1..{pool.num_rows} (the training pool's rows)")
+        out[f"train_{k}"] = pool.take(pa.array(np.sort(permutation[:k])))
+    return out
+
+
 def prepare_collm(
     data: InteractionData,
     out: str | Path,
@@ -93,8 +106,10 @@ def prepare_collm(
     skip_last_months: int = 1,
     history_len: int = 10,
     like_threshold: float = 4.0,
+    shots: tuple[int, ...] = (16, 64, 256, 1024),
 ) -> Path:
-    """CoLLM's ML-1M Yes/No protocol (module docstring); ``seed`` is only recorded (the split is deterministic)."""
+    """CoLLM's ML-1M Yes/No protocol (module docstring). The split is deterministic; ``seed`` draws the
+    TALLRec-style few-shot training sets ``train_16/64/256/1024`` (nested, from the ``train`` pool)."""
     if train_months + valid_months + test_months != n_months:
         raise ValueError(f"train/valid/test months {train_months}+{valid_months}+{test_months} must sum to n_months={n_months}")
     inter = data.interactions
@@ -121,6 +136,7 @@ def prepare_collm(
         name: _yesno_table(rows, cols, {"history": history}, _warm(rows, users, items, rows_of["train"]))
         for name, rows in rows_of.items()
     }
+    tables.update(few_shot_tables(tables["train"], shots, seed))
     window = np.flatnonzero(split != "unused")
     stats = {name: table_stats(t) for name, t in tables.items()}
     stats["window"] = {"rows": len(window), "users": len(np.unique(users[window])), "items": len(np.unique(items[window])),
@@ -128,7 +144,8 @@ def prepare_collm(
     filters = {"like_threshold": like_threshold, "label": f"rating >= {like_threshold}", "origin_month": "2000-04",
                "n_months": n_months, "months": [train_months, valid_months, test_months],
                "skip_last_months": skip_last_months, "slots": {k: list(v) for k, v in bounds.items()},
-               "history_len": history_len, "history": "liked items at strictly earlier timestamps"}
+               "history_len": history_len, "history": "liked items at strictly earlier timestamps",
+               "shots": list(shots)}
     return write_split(out, data, split.astype(str), tables, "yesno/collm", seed, filters, stats)
 
 
@@ -170,13 +187,7 @@ def prepare_tallrec(
         name: _yesno_table(rows, cols, lists, _warm(rows, users, items, rows_of["train"]))
         for name, rows in rows_of.items()
     }
-    pool = rows_of["train"]
-    permutation = np.random.default_rng(seed).permutation(len(pool))
-    for k in shots:
-        if k > len(pool):
-            raise ValueError(f"few-shot size {k} exceeds the training pool ({len(pool)} rows)")
-        chosen = np.sort(permutation[:k])
-        tables[f"train_{k}"] = tables["train"].take(pa.array(chosen))
+    tables.update(few_shot_tables(tables["train"], shots, seed))
     stats = {name: table_stats(t) for name, t in tables.items()}
     stats.update(cutoffs)
     filters = {"label": f"rating > {like_above}", "ratios": list(ratios), "shots": list(shots),
