@@ -66,7 +66,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -765,9 +765,11 @@ class ILoRACollabLLM(CollabLLM):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         length_normalize: bool = False,
+        yes_no_loss: Literal["lm", "bce"] = "lm",
         gradient_checkpointing: bool = False,
         n_bootstrap: int = 1000,
         seed: int = 0,
+        predictions_dir: str | None = None,
         num_experts: int = 4,
         gate_hidden_dim: int | None = None,
     ) -> None:
@@ -780,7 +782,8 @@ class ILoRACollabLLM(CollabLLM):
             warmup_steps=warmup_steps, total_steps=total_steps, curriculum_steps=curriculum_steps,
             stage1_steps=stage1_steps, eval_prompt=eval_prompt, eval_generation=eval_generation,
             max_new_tokens=max_new_tokens, num_beams=num_beams, length_normalize=length_normalize,
-            gradient_checkpointing=gradient_checkpointing, n_bootstrap=n_bootstrap, seed=seed,
+            yes_no_loss=yes_no_loss, gradient_checkpointing=gradient_checkpointing, n_bootstrap=n_bootstrap, seed=seed,
+            predictions_dir=predictions_dir,
         )
         cf_model = self.injector.cf_model
         self.ilora_config = ILoRAConfig(

@@ -29,7 +29,7 @@ Evaluation (validation / test) uses :mod:`collab_llm.scoring` on the prompt view
 next-item: log-likelihood ranking of the candidates -> HR@1, HR@5, NDCG@5, NDCG@10, MRR (and, with
 ``eval_generation``, generated HR@1 + ValidRatio); yes/no: P(Yes) -> AUC, UAUC (+ users counted),
 warm / cold. Per-row predictions are kept in :attr:`CollabLLM.predictions` and written to
-``<log_dir>/predictions_<stage>.parquet`` after a test; intervals are 95% bootstrap CIs.
+``<log_dir>/predictions_<stage>.parquet`` after a test or a predict run; intervals are 95% bootstrap CIs.
 
 iLoRA (or any per-sample conditioning) subclasses and overrides :meth:`CollabLLM.before_llm_call`,
 called with the batch before every forward / generate of the LLM.
@@ -57,7 +57,8 @@ from projectors.mlp import ProjectorKind, build_projector
 
 Regime = Literal["text", "joint", "curriculum", "two_stage"]
 EvalPrompt = Literal["auto", "text", "hybrid"]
-_EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap")
+_EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap",
+                  "predictions_dir")
 
 
 class CollabLLM(L.LightningModule):
@@ -86,8 +87,14 @@ class CollabLLM(L.LightningModule):
         eval_generation: next-item: also generate answers and parse them (HR@1, ValidRatio).
         max_new_tokens, num_beams: generation settings.
         length_normalize: rank candidates by mean instead of summed token log-likelihood.
+        yes_no_loss: Yes/No tasks: ``"lm"`` (TALLRec): cross-entropy of the answer word + EOS, scored
+            by ``P(Yes)`` = softmax over the Yes/No logits; ``"bce"`` (CoLLM): binary cross-entropy
+            of the Yes logit at the answer position against the label, scored by ``sigmoid`` of
+            that logit (one forward of the prompt, no answer tokens).
         gradient_checkpointing: non-reentrant activation checkpointing of the backbone.
         n_bootstrap: bootstrap resamples for the test-time confidence intervals.
+        predictions_dir: folder for ``predictions_test.parquet`` / ``predictions_predict.parquet``;
+            ``None``: the logger's ``log_dir`` (nothing is written when there is neither).
         seed: seeds the curriculum draws and per-step dropout.
     """
 
@@ -114,9 +121,11 @@ class CollabLLM(L.LightningModule):
         max_new_tokens: int = 32,
         num_beams: int = 1,
         length_normalize: bool = False,
+        yes_no_loss: Literal["lm", "bce"] = "lm",
         gradient_checkpointing: bool = False,
         n_bootstrap: int = 1000,
         seed: int = 0,
+        predictions_dir: str | None = None,
     ) -> None:
         super().__init__()
         # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
@@ -128,6 +137,7 @@ class CollabLLM(L.LightningModule):
         self.num_beams = num_beams
         self.length_normalize = length_normalize
         self.n_bootstrap = n_bootstrap
+        self.predictions_dir = predictions_dir
         if regime not in ("text", "joint", "curriculum", "two_stage"):
             raise ValueError(f"regime must be text/joint/curriculum/two_stage, got {regime!r}")
         if regime != "text" and cf_model_path is None:
@@ -139,6 +149,11 @@ class CollabLLM(L.LightningModule):
         self.regime = regime
         self.template = load_template(template)
         self.task: Task = self.template.task
+        if yes_no_loss not in ("lm", "bce"):
+            raise ValueError(f"yes_no_loss must be 'lm' or 'bce', got {yes_no_loss!r}")
+        if yes_no_loss == "bce" and self.task != "yes_no":
+            raise ValueError(f"yes_no_loss='bce' needs a yes_no template; {template!r} is a {self.task} template")
+        self.yes_no_loss = yes_no_loss
 
         backbone = load_backbone(backbone_path, dtype)
         self.tokenizer = backbone.tokenizer
@@ -284,13 +299,21 @@ class CollabLLM(L.LightningModule):
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=view["labels"], use_cache=False)
         return out.loss
 
+    def bce_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
+        """CoLLM's loss: BCE-with-logits of the Yes logit at the answer position against the label."""
+        view = self._view(batch, mode)
+        embeds, mask = self.embed(view, prompt_only=True)
+        self.before_llm_call(batch)
+        yes_logit = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)[:, 0]
+        return torch.nn.functional.binary_cross_entropy_with_logits(yes_logit, batch["label"].to(yes_logit).float())
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         step = int(self.global_step)
         mode = self.train_mode_at(step)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(self.hparams.seed) * 7_919 + step * 104_729 + int(self.global_rank))
-            loss = self.lm_loss(batch, mode)
+            loss = self.bce_loss(batch, mode) if self.yes_no_loss == "bce" else self.lm_loss(batch, mode)
         stage2 = self.regime == "two_stage" and step >= self.hparams.stage1_steps
         if not stage2:
             self._used_groups.add("lora")
@@ -339,7 +362,11 @@ class CollabLLM(L.LightningModule):
                 })
         else:
             self.before_llm_call(batch)
-            p_yes = scoring.yes_no_scores(self.llm, embeds, mask, self.yes_id, self.no_id).float().cpu()
+            if self.yes_no_loss == "bce":
+                logits = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)
+                p_yes = torch.sigmoid(logits[:, 0]).float().cpu()
+            else:
+                p_yes = scoring.yes_no_scores(self.llm, embeds, mask, self.yes_id, self.no_id).float().cpu()
             warm = batch["warm"].tolist() if "warm" in batch else [True] * len(users)
             for i in range(len(users)):
                 rows.append({
@@ -355,7 +382,21 @@ class CollabLLM(L.LightningModule):
         self._eval_rows.extend(self.score_batch(batch))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self.score_batch(batch)
+        rows = self.score_batch(batch)
+        self._eval_rows.extend(rows)
+        return rows
+
+    def on_predict_epoch_start(self) -> None:
+        self._eval_rows = []
+
+    def on_predict_epoch_end(self) -> None:
+        """Gather every rank's rows and write ``predictions_predict.parquet`` (no metrics; see ``predictions_dir``)."""
+        frame = self._gathered_rows()
+        self._eval_rows = []
+        if frame.empty:
+            return
+        self.predictions["predict"] = frame
+        self._write_predictions("predict")
 
     def on_validation_epoch_start(self) -> None:
         self._eval_rows = []
@@ -429,9 +470,12 @@ class CollabLLM(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test", int(self.n_bootstrap))
-        log_dir = self.trainer.log_dir
-        if "test" in self.predictions and log_dir is not None and self.trainer.is_global_zero:
-            write_predictions(self.predictions["test"], Path(log_dir) / "predictions_test.parquet")
+        self._write_predictions("test")
+
+    def _write_predictions(self, stage: str) -> None:
+        out = self.predictions_dir if self.predictions_dir is not None else self.trainer.log_dir
+        if stage in self.predictions and out is not None and self.trainer.is_global_zero:
+            write_predictions(self.predictions[stage], Path(out).expanduser() / f"predictions_{stage}.parquet")
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -72,10 +74,14 @@ def test_llara_test_subcommand_and_main(tmp_path, monkeypatch):
     m = cli.model.last_metrics
     assert m["test/n_rows"] == 6 and m["test/hr@5_ci_low"] <= m["test/hr@5"] <= m["test/hr@5_ci_high"]
     assert main(["validate", "--config", str(cfg_path), *overrides(tmp_path, "next_item", load(cfg_path))]) == 0
-    cli = build_cli(["predict", "--config", str(cfg_path), *overrides(tmp_path, "next_item", load(cfg_path))])
+    cli = build_cli(["predict", "--config", str(cfg_path), *overrides(tmp_path, "next_item", load(cfg_path)),
+                     "--model.predictions_dir", str(tmp_path / "pred")])
     rows = [r for batch in cli.trainer.predict_loop.predictions for r in batch]
     assert [r["row_index"] for r in rows] == list(range(6))
     assert all(len(r["scores"]) == 5 and r["target_index"] in range(5) for r in rows)
+    written = pd.read_parquet(tmp_path / "pred" / "predictions_predict.parquet")  # predict writes its rows
+    assert written["row_index"].tolist() == list(range(6))
+    assert np.allclose(np.stack(written["scores"].to_numpy()), np.array([r["scores"] for r in rows]))
 
 
 @pytest.mark.parametrize(

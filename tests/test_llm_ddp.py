@@ -46,6 +46,26 @@ SCRIPT = textwrap.dedent(
     modes = [module.train_mode_at(s) for s in range(3)]
     state = {k: v.contiguous() for k, v in module.trainable_state().items()}
     save_file(state, str(root / f"rank{trainer.global_rank}.safetensors"), metadata={"modes": ",".join(modes)})
+
+    # evaluation under DDP: each rank scores part of the test rows (the sampler pads with repeats);
+    # the module gathers them, so every rank must hold all rows once, equal to scoring them alone
+    trainer.test(module, datamodule=data, verbose=False)
+    gathered = module.predictions["test"]
+    data.setup("test")
+    test = data.datasets["test"]
+    alone = []
+    module.eval()
+    for start in range(0, len(test), 3):
+        alone += module.score_batch(data.collator([test[i] for i in range(start, min(len(test), start + 3))]))
+    import json
+    (root / f"eval_rank{trainer.global_rank}.json").write_text(json.dumps({
+        "n_test": len(test),
+        "gathered_rows": gathered["row_index"].tolist(),
+        "gathered_scores": gathered["scores"].tolist(),
+        "alone_rows": [r["row_index"] for r in alone],
+        "alone_scores": [r["scores"] for r in alone],
+        "hr1": module.last_metrics.get("test/hr@1"),
+    }))
     """
 )
 
@@ -54,7 +74,7 @@ SCRIPT = textwrap.dedent(
 def test_ddp_two_cpu_processes(tmp_path):
     make_backbone_dir(tmp_path, "llama")
     make_cf_dirs(tmp_path)
-    make_split(tmp_path, "next_item")
+    make_split(tmp_path, "next_item", n_eval=7)
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     # the repository root first: an editable install made before projectors/ had an __init__.py
@@ -74,3 +94,11 @@ def test_ddp_two_cpu_processes(tmp_path):
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=k)  # gradients were all-reduced
     assert any(not torch.equal(r0[k], init[k]) for k in r0 if "lora_B" in k)
     assert any(not torch.equal(r0[k], init[k]) for k in r0 if "projector" in k)
+    import json
+
+    e0, e1 = (json.loads((tmp_path / f"eval_rank{r}.json").read_text()) for r in (0, 1))
+    assert e0["n_test"] % 2 == 1  # an odd number of rows: the distributed sampler had to pad
+    for e in (e0, e1):
+        assert e["gathered_rows"] == e["alone_rows"] == list(range(e0["n_test"]))  # every row once, in order
+        torch.testing.assert_close(torch.tensor(e["gathered_scores"]), torch.tensor(e["alone_scores"]), rtol=0, atol=1e-5)
+    assert e0["hr1"] == e1["hr1"]  # both ranks report the metric of all rows

@@ -200,6 +200,40 @@ def test_yes_no_metrics_match_reference(tmp_path, family):
     assert module.last_metrics["test/uauc_users"] == n_users
 
 
+def test_collm_bce_loss_and_score_match_reference(tmp_path):
+    module, data = build(tmp_path, "llama", "yes_no", "joint", n_bootstrap=20, yes_no_loss="bce")
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        loss = module.bce_loss(batch, "hybrid")
+    module.eval()
+    with torch.no_grad():
+        embeds, mask = module.embed(batch["hybrid"], prompt_only=True)
+        yes = []
+        for row in range(embeds.shape[0]):  # each row alone, padding dropped: the Yes logit at the end
+            keep = mask[row].bool()
+            yes.append(module.llm(inputs_embeds=embeds[row, keep][None]).logits[0, -1, module.yes_id].float())
+        yes = torch.stack(yes)
+        ref = torch.nn.functional.binary_cross_entropy_with_logits(yes, batch["label"].float())
+        eval_loss = module.bce_loss(batch, "hybrid")
+    assert loss.requires_grad and math.isfinite(float(loss))
+    assert float(eval_loss) == pytest.approx(float(ref), abs=1e-5)  # no dropout in eval: exact reference
+    trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    pred = module.predictions["test"]
+    test_batch = next(iter(data.test_dataloader()))
+    with torch.no_grad():
+        embeds, mask = module.embed(test_batch["hybrid"], prompt_only=True)
+        keep = mask[0].bool()
+        logit = module.llm(inputs_embeds=embeds[0, keep][None]).logits[0, -1, module.yes_id].float()
+    assert pred["score"][0] == pytest.approx(float(torch.sigmoid(logit)), abs=1e-5)  # CoLLM scores sigmoid(Yes)
+    with pytest.raises(ValueError, match="yes_no_loss='bce' needs a yes_no template"):
+        build(tmp_path, "llama", "next_item", "joint", yes_no_loss="bce")
+    with pytest.raises(ValueError, match="yes_no_loss must be"):
+        build(tmp_path, "llama", "yes_no", "joint", yes_no_loss="focal")
+
+
 class StopAfterEpoch(L.Callback):
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
