@@ -357,15 +357,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     test = TableDataset(split.table("test"), "next_item", "test")
     n_rows = min(args.eval_rows, len(test))
     scores, targets, choices, answers = [], [], [], []
-    t_rank = t_gen = 0.0
+    t_rank = t_expand = t_gen = t_prompt = 0.0
+    eval_batches = []
+    max_abs_packed_vs_expand = 0.0
     with torch.no_grad():
         for start in range(0, n_rows, args.eval_batch_size):
             rows = [test[i] for i in range(start, min(n_rows, start + args.eval_batch_size))]
             b = collator(rows)
             embeds, mask = module.embed(b["hybrid"], prompt_only=True)
+            eval_batches.append((embeds, mask))
+            t0 = time.perf_counter()  # the prompt pass alone: the floor shared by both evaluation ways
+            llm(inputs_embeds=embeds, attention_mask=mask, position_ids=scoring.position_ids_from_mask(mask),
+                use_cache=True, logits_to_keep=1)
+            t_prompt += time.perf_counter() - t0
             t0 = time.perf_counter()
-            s = scoring.rank_candidates(llm, embeds, mask, b["candidate_token_ids"])
+            s = scoring.rank_candidates(llm, embeds, mask, b["candidate_token_ids"], method="packed")
             t_rank += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            s_expand = scoring.rank_candidates(llm, embeds, mask, b["candidate_token_ids"], method="expand")
+            t_expand += time.perf_counter() - t0
+            max_abs_packed_vs_expand = max(max_abs_packed_vs_expand, float((s - s_expand).abs().max()))
             t0 = time.perf_counter()
             ans = scoring.generate_answers(llm, embeds, mask, tokenizer, max_new_tokens=args.max_new_tokens)
             t_gen += time.perf_counter() - t0
@@ -380,6 +391,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rank_s_per_row=t_rank / n_rows,
         generate_s_per_row=t_gen / n_rows,
         rank_speedup=t_gen / t_rank,
+        rank_expand_s_per_row=t_expand / n_rows,
+        packed_vs_expand_speedup=t_expand / t_rank,
+        max_abs_packed_vs_expand=max_abs_packed_vs_expand,
+        prompt_pass_s_per_row=t_prompt / n_rows,
+        rank_speedup_bound=t_gen / t_prompt,
         hr1_rank=rank_m["hr@1"].value,
         hr1_generate=gen_m["hr@1"].value,
         valid_ratio=gen_m["valid_ratio"].value,
@@ -389,7 +405,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"eval on {n_rows} test rows: rank {result['rank_s_per_row']:.3f} s/row (HR@1 {rank_m['hr@1']}) | generate "
         f"{result['generate_s_per_row']:.3f} s/row (HR@1 {gen_m['hr@1']}, ValidRatio {gen_m['valid_ratio']}) | "
         f"ranking {result['rank_speedup']:.1f}x faster")
+    log(f"ranking ways: packed {result['rank_s_per_row']:.3f} s/row vs expanded cache "
+        f"{result['rank_expand_s_per_row']:.3f} s/row ({result['packed_vs_expand_speedup']:.2f}x; scores differ by "
+        f"<= {max_abs_packed_vs_expand:.1e}) | the prompt pass alone {result['prompt_pass_s_per_row']:.3f} s/row, so "
+        f"no ranking can beat generation by more than {result['rank_speedup_bound']:.2f}x here")
     log(f"example answer: {answers[0]!r}")
+
+    # ---------------------------------------------------------------- merged LoRA vs base model speed
+    # the same prompt passes (last-position logits) through: the LoRA model unmerged, the LoRA merged into
+    # the base weights (merge_and_unload), and the plain base model; rounds interleaved, median per variant
+    import copy
+
+    from collab_llm.backbone import load_backbone
+
+    with torch.no_grad():
+        for p_ in llm.parameters():
+            if p_.requires_grad:  # a non-trivial adapter (fresh LoRA has B = 0)
+                p_.add_(torch.randn_like(p_) * 1e-3)
+        merged = copy.deepcopy(llm).merge_and_unload()
+        base = load_backbone(str(model_path), "float32").model
+        variants = {"lora_unmerged": llm, "lora_merged": merged, "base": base}
+        diff = 0.0
+        for embeds, mask in eval_batches[:1]:
+            kw = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=scoring.position_ids_from_mask(mask),
+                      use_cache=False, logits_to_keep=1)
+            diff = float((llm(**kw).logits - merged(**kw).logits).abs().max())
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(3):
+            for name, model in variants.items():
+                t0 = time.perf_counter()
+                for embeds, mask in eval_batches:
+                    model(inputs_embeds=embeds, attention_mask=mask, position_ids=scoring.position_ids_from_mask(mask),
+                          use_cache=False, logits_to_keep=1)
+                times[name].append((time.perf_counter() - t0) / n_rows)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result.update(
+        unmerged_prompt_s_per_row=med["lora_unmerged"], merged_prompt_s_per_row=med["lora_merged"],
+        base_prompt_s_per_row=med["base"], merged_vs_base=med["lora_merged"] / med["base"] - 1,
+        unmerged_vs_base=med["lora_unmerged"] / med["base"] - 1, merged_max_abs_logit_diff=diff,
+    )
+    log(f"prompt pass per row (median of 3): base {med['base']:.3f} s | LoRA merged {med['lora_merged']:.3f} s "
+        f"({result['merged_vs_base']:+.1%}) | LoRA unmerged {med['lora_unmerged']:.3f} s ({result['unmerged_vs_base']:+.1%}) "
+        f"| merged vs unmerged logits max |diff| {diff:.1e}")
+    del merged, base
 
     load_after = os.getloadavg()
     result.update(
@@ -404,7 +462,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(args.out, result)
     keys = ["text_step_s", "hybrid_step_s", "injection_overhead", "rank_s_per_row", "generate_s_per_row",
             "rank_speedup", "hr1_rank", "hr1_generate", "valid_ratio", "train_mfu",
-            "lora_step_s", "ilora_step_s", "ilora_overhead", "gate_param_fraction"]
+            "lora_step_s", "ilora_step_s", "ilora_overhead", "gate_param_fraction",
+            "rank_expand_s_per_row", "prompt_pass_s_per_row", "rank_speedup_bound", "merged_vs_base"]
     ordered = {k: result[k] for k in keys} | {k: v for k, v in result.items() if k not in keys}
     print(json.dumps(ordered))
     return ordered

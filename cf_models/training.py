@@ -13,6 +13,7 @@ logged as ``valid/<name>`` and ``test/<name>`` (e.g. ``valid/ndcg@10``, ``test/a
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import lightning as L
@@ -59,8 +60,13 @@ class CFTask(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._start_eval("valid")
 
+    @property
+    def eval_model(self) -> CFModel:
+        """The weights validation and test score (subclasses may keep an average)."""
+        return self.model
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluator.update(self.model, batch)
+        self._evaluator.update(self.eval_model, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._end_eval("valid")
@@ -69,7 +75,7 @@ class CFTask(L.LightningModule):
         self._start_eval("test")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluator.update(self.model, batch)
+        self._evaluator.update(self.eval_model, batch)
 
     def on_test_epoch_end(self) -> None:
         self._end_eval("test")
@@ -81,6 +87,11 @@ class SASRecTask(CFTask):
     Args:
         n_items: largest item id (linked from the data module).
         loss: ``"ce"`` full softmax over all items; ``"bpr"`` / ``"bce"`` with one sampled negative.
+        label_smoothing: ``"ce"`` only: smoothing mass spread over the real items (never the padding id).
+        ema_decay: keep an exponential moving average of the weights (updated after every optimizer
+            step, ``ema = decay * ema + (1 - decay) * w``); validation and test score the average,
+            and at the end of fit (after the best-epoch restore) it becomes the model's weights.
+            ``None``: off.
     """
 
     def __init__(
@@ -100,16 +111,49 @@ class SASRecTask(CFTask):
         loss: Literal["ce", "bpr", "bce"] = "ce",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__(lr, weight_decay)
         self.save_hyperparameters()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if label_smoothing > 0 and loss != "ce":
+            raise ValueError(f"label_smoothing applies to loss='ce' only, got loss={loss!r}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
         self.loss_name = loss
+        self.label_smoothing = label_smoothing
+        self.ema_decay = ema_decay
         self.model = SASRec(SASRecConfig(
             n_items=n_items, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
             max_len=max_len, ffn_dim=ffn_dim, dropout=dropout, attention_dropout=attention_dropout,
             tie_output_embedding=tie_output_embedding, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
             scale_embedding=scale_embedding,
         ))
+        self.ema_model: SASRec | None = None
+        if ema_decay is not None:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+
+    @property
+    def eval_model(self) -> CFModel:
+        """The weights validation and test score: the moving average when ``ema_decay`` is set."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema_model is None:
+            return
+        d = float(self.ema_decay)
+        with torch.no_grad():
+            for avg, cur in zip(self.ema_model.parameters(), self.model.parameters()):
+                avg.mul_(d).add_(cur.detach(), alpha=1.0 - d)
+            for avg, cur in zip(self.ema_model.buffers(), self.model.buffers()):
+                avg.copy_(cur)
+
+    def on_fit_end(self) -> None:
+        # after KeepBestWeights (callbacks run first) restored the best epoch, average included
+        if self.ema_model is not None:
+            self.model.load_state_dict(self.ema_model.state_dict())
 
     def loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``history, target: [B, L]``, ``target[:, t]`` is the item after ``history[:, t]`` (0 = no target)."""
@@ -118,6 +162,9 @@ class SASRecTask(CFTask):
         h = hidden[valid]  # [N, d]
         pos = target[valid]  # [N]
         if self.loss_name == "ce":
+            if self.label_smoothing > 0:  # smoothing over the real items only (id 0 is padding)
+                logits = h @ self.model.output_weight[1:].T  # [N, n_items]
+                return F.cross_entropy(logits, pos - 1, label_smoothing=self.label_smoothing)
             logits = h @ self.model.output_weight.T  # [N, n_items + 1]
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits, pos)

@@ -231,3 +231,53 @@ def test_post_layer_norm_sasrec_keeps_padding_invariance_causality_and_round_tri
     torch.testing.assert_close(loaded.full_scores(history=history), model.full_scores(history=history))
     with pytest.raises(ValueError, match="layer_norm"):
         _sasrec(layer_norm="middle")
+
+
+def test_sasrec_label_smoothing_is_over_real_items_only():
+    torch.manual_seed(0)
+    kw = dict(n_items=30, hidden_size=16, num_layers=1, num_heads=2, max_len=6, ffn_dim=16)
+    plain = SASRecTask(**kw).eval()
+    smooth = SASRecTask(**kw, label_smoothing=0.1).eval()
+    smooth.model.load_state_dict(plain.model.state_dict())
+    seq = torch.tensor([[0, 0, 4, 8, 15, 16, 23], [1, 2, 3, 4, 5, 6, 7]])
+    history, target = seq[:, :-1], seq[:, 1:]
+    hidden = plain.model.encode(history)
+    valid = (history != 0) & (target != 0)
+    logp = torch.log_softmax(hidden[valid] @ plain.model.output_weight[1:].T, dim=-1)  # 30 real items
+    nll = -logp.gather(1, (target[valid] - 1)[:, None]).squeeze(1)
+    ref = (0.9 * nll + 0.1 * (-logp.mean(dim=1))).mean()
+    torch.testing.assert_close(smooth.loss(history, target), ref)
+    assert torch.isfinite(smooth.loss(history, target))  # the padding column never gets smoothing mass
+    torch.testing.assert_close(plain.loss(history, target), nll.mean())
+    with pytest.raises(ValueError, match="label_smoothing applies to loss='ce' only"):
+        SASRecTask(**kw, loss="bpr", label_smoothing=0.1)
+
+
+def test_sasrec_ema_weights_average_the_steps_and_are_evaluated():
+    torch.manual_seed(0)
+    task = SASRecTask(n_items=20, hidden_size=16, num_layers=1, num_heads=2, max_len=8, ffn_dim=16,
+                      dropout=0.0, attention_dropout=0.0, lr=1e-2, ema_decay=0.5)
+    assert task.eval_model is task.ema_model and not any(p.requires_grad for p in task.ema_model.parameters())
+    seq = (torch.arange(8).view(-1, 1) + torch.arange(9)) % 20 + 1
+    opt = task.configure_optimizers()
+    expected = {k: v.clone() for k, v in task.model.state_dict().items()}
+    for _ in range(3):
+        opt.zero_grad()
+        task.loss(seq[:, :-1], seq[:, 1:]).backward()
+        opt.step()
+        task.on_train_batch_end(None, None, 0)
+        current = task.model.state_dict()
+        for k, v in expected.items():
+            if current[k].is_floating_point():
+                expected[k] = 0.5 * v + 0.5 * current[k]
+    avg = task.ema_model.state_dict()
+    for k, v in expected.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(avg[k], v, msg=k)
+    moved = [k for k, v in avg.items() if v.is_floating_point() and not torch.equal(v, task.model.state_dict()[k])]
+    assert moved  # the average lags the weights
+    task.on_fit_end()  # the average becomes the model
+    for k, v in task.ema_model.state_dict().items():
+        torch.testing.assert_close(task.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="ema_decay must be"):
+        SASRecTask(n_items=5, ema_decay=1.0)
