@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -115,7 +116,8 @@ def plot_metrics(records: Sequence[Mapping], out_dir: Path) -> list[Path]:
         ax.set_ylabel(metric)
         ax.set_title(f"{protocol}: {metric} (95% bootstrap CI)")
         fig.tight_layout()
-        safe = f"{protocol}_{metric}".replace("@", "at").replace("/", "_")
+        # portable file names: no ':' (Windows), '/' or spaces
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{protocol}_{metric}".replace("@", "at"))
         path = out_dir / f"{safe}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
