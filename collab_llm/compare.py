@@ -548,7 +548,7 @@ def main_job(argv: Sequence[str] | None = None) -> int:
         f"collab-llm main: next-item comparison on MovieLens-100K (leave-one-out, 20 candidates) with "
         f"SmolLM2-135M on the CPU: {', '.join(comp.methods)}; profile '{comp.profile.name}' "
         f"({comp.profile.llm_steps} LoRA steps of {comp.profile.batch_size} prompts per LLM method, "
-        f"{comp.profile.test_rows} test users). About 10-15 minutes on 2 cores; finished runs are skipped "
+        f"{comp.profile.test_rows} test users). About 8 minutes on 2 cores (measured 7.5), plus the set-up on a first run; finished runs are skipped "
         f"on a rerun. Report: {comp.report_dir}/results.md",
         flush=True,
     )
