@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     item_perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(split.n_items, generator=g) + 1])
     user_perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(split.n_users, generator=g) + 1])
     embedding = b.model.get_input_embeddings()
+    if template.task == "yes_no":
+        yes = scoring.resolve_answer_token(b.tokenizer, template.answer_yes, prefix=template.answer_prefix)
+        no = scoring.resolve_answer_token(b.tokenizer, template.answer_no, prefix=template.answer_prefix)
     out: dict[str, list] = {"hybrid": [], "shuffled": [], "text": []}
     targets, labels, users, warm = [], [], [], []
     soft_norms = []
@@ -89,14 +92,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "text": tx["prompt_attention_mask"]}
             mask_items, _ = injector.placeholder_masks(hy["prompt_input_ids"])
             soft_norms.append(views["hybrid"][mask_items].norm(dim=-1))
+            if b.ilora is not None:  # one gate per row, the same for the three views
+                b.ilora.route(b.cf_model.sequence_representation(batch["history"]))
             for name, emb in views.items():
-                if b.ilora is not None:
-                    b.ilora.route(b.cf_model.sequence_representation(batch["history"]))
                 if template.task == "next_item":
                     out[name].append(scoring.rank_candidates(b.model, emb, masks[name], batch["candidate_token_ids"]))
                 else:
-                    yes = scoring.resolve_answer_token(b.tokenizer, template.answer_yes, prefix=template.answer_prefix)
-                    no = scoring.resolve_answer_token(b.tokenizer, template.answer_no, prefix=template.answer_prefix)
                     out[name].append(scoring.yes_no_scores(b.model, emb, masks[name], yes, no))
             if template.task == "next_item":
                 targets.append(batch["target_index"])

@@ -89,7 +89,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", llm_steps=8, batch_size=2, test_rows=32, generate=False, max_new_tokens=32,
                      cf_max_epochs=8),
     # the README's results (results/): both protocols within 90 minutes on a 2-core machine. Sized from
-    # measured costs (SmolLM2-135M fp32, 2 threads): a next-item training step of 4 prompts ~16 s, a
+    # measured costs (SmolLM2-135M fp32, 2 threads): a next-item training step of 4 prompts ~19 s, a
     # next-item test row ~2 s ranked + ~2-3 s generated (64 new tokens at most, as LLaRA); a Yes/No step
     # of 4 prompts ~7 s, a Yes/No test row ~0.6 s.
     "full": Profile("full", llm_steps=32, batch_size=4, test_rows=100, generate=True, max_new_tokens=64,
@@ -218,6 +218,7 @@ class Comparison:
             raise ValueError(f"protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)}")
         self.spec = spec
         self.profile = self.profile.for_protocol(self.protocol)
+        self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
         self.report_dir = Path(self.report_dir)
 
@@ -272,11 +273,14 @@ class Comparison:
         return args
 
     def test_rows(self) -> pd.DataFrame:
-        from collab_llm.datamodule import sample_rows
+        """The shared test rows (read once, after the split is prepared): what every method is scored on."""
+        if self._test_rows is None:
+            from collab_llm.datamodule import sample_rows
 
-        test = pd.read_parquet(self.split_dir / "test.parquet")
-        n = self.profile.test_rows
-        return test if n is None else sample_rows(test, n, self.seed)  # the rows RecDataModule(test_sample=n) scores
+            test = pd.read_parquet(self.split_dir / "test.parquet")
+            n = self.profile.test_rows
+            self._test_rows = test if n is None else sample_rows(test, n, self.seed)  # = RecDataModule(test_sample=n)
+        return self._test_rows
 
     def llm_args(self, method: str) -> list[str]:
         p = self.profile
