@@ -14,6 +14,7 @@ logged as ``valid/<name>`` and ``test/<name>`` (e.g. ``valid/ndcg@10``, ``test/a
 from __future__ import annotations
 
 import copy
+import math
 from typing import Literal
 
 import lightning as L
@@ -27,21 +28,56 @@ from cf_models.mf import MatrixFactorization, MFConfig
 from cf_models.sasrec import SASRec, SASRecConfig
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 class CFTask(L.LightningModule):
-    """Shared optimiser and evaluation loop. Subclasses build ``self.model`` and ``training_step``."""
+    """Shared optimiser and evaluation loop. Subclasses build ``self.model`` and ``training_step``.
+
+    The learning rate is constant (``lr_schedule="constant"``, default) or follows a linear warm-up
+    over ``warmup_steps`` optimizer steps and then a cosine decay to ``lr * min_lr_ratio`` at the last
+    step Lightning expects (``trainer.estimated_stepping_batches``: ``max_epochs`` x steps per epoch,
+    whether or not early stopping ends the fit sooner).
+    """
 
     model: CFModel
 
-    def __init__(self, lr: float, weight_decay: float) -> None:
+    def __init__(
+        self, lr: float, weight_decay: float, lr_schedule: str = "constant", warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
         super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
         self.lr = lr
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
         self._evaluator: Evaluator | None = None
         # Exact (float64) results of the last validation / test epoch, keyed by stage.
         self.last_results: dict[str, dict[str, float]] = {}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """Multiplier of ``lr`` at optimizer step ``step`` (0-based) of ``total_steps``."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _start_eval(self, stage: Literal["valid", "test"]) -> None:
         datamodule = self.trainer.datamodule
@@ -88,6 +124,7 @@ class SASRecTask(CFTask):
         n_items: largest item id (linked from the data module).
         loss: ``"ce"`` full softmax over all items; ``"bpr"`` / ``"bce"`` with one sampled negative.
         label_smoothing: ``"ce"`` only: smoothing mass spread over the real items (never the padding id).
+        lr_schedule, warmup_steps, min_lr_ratio: see ``CFTask``.
         ema_decay: keep an exponential moving average of the weights (updated after every optimizer
             step, ``ema = decay * ema + (1 - decay) * w``); validation and test score the average,
             and at the end of fit (after the best-epoch restore) it becomes the model's weights.
@@ -113,8 +150,11 @@ class SASRecTask(CFTask):
         weight_decay: float = 0.0,
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
     ) -> None:
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, lr_schedule, warmup_steps, min_lr_ratio)
         self.save_hyperparameters()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -192,6 +232,7 @@ class MFTask(CFTask):
         weight_decay: Adam's L2 on every parameter at every step (rows absent from the batch too).
         l2_batch: L2 on the embedding rows used by the batch, ``l2_batch * sum ||row||^2 / B`` (the
             original BPR regulariser: rare items are not shrunk when they are not sampled).
+        lr_schedule, warmup_steps, min_lr_ratio: see ``CFTask``.
     """
 
     def __init__(
@@ -205,8 +246,11 @@ class MFTask(CFTask):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         l2_batch: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
     ) -> None:
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, lr_schedule, warmup_steps, min_lr_ratio)
         self.save_hyperparameters()
         self.loss_name = loss
         self.l2_batch = l2_batch

@@ -83,3 +83,42 @@ def test_fit_is_reproducible_with_the_seed(tmp_path):
             "--model.init_args.hidden_size", "16", "--model.init_args.ffn_dim", "16"]
     a, b = fit(args), fit(args)
     assert a.test_metrics == b.test_metrics
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor_over_the_planned_steps(tmp_path):
+    import math
+
+    from lightning.pytorch.callbacks import Callback
+
+    config = next(c for c in CONFIGS if c.name == "sasrec_ml100k_loo.yaml")
+    split = _split_for(config, tmp_path)
+    args = ["--config", str(config), "--data.init_args.split_dir", str(split), "--trainer.max_epochs", "3",
+            "--trainer.enable_model_summary", "false", "--data.init_args.batch_size", "4",
+            "--model.init_args.hidden_size", "16", "--model.init_args.ffn_dim", "16", "--model.init_args.lr", "0.01",
+            "--model.init_args.lr_schedule", "cosine", "--model.init_args.warmup_steps", "2",
+            "--model.init_args.min_lr_ratio", "0.1"]
+    cli = build_cli(args)
+    seen: list[float] = []
+
+    class RecordLR(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    cli.trainer.callbacks.append(RecordLR())
+    for cb in cli.trainer.callbacks:  # run all three epochs
+        if isinstance(cb, EarlyStopping):
+            cb.patience = 100
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    total = len(seen)
+    assert total == int(cli.trainer.estimated_stepping_batches) >= 6
+    expected = [0.005, 0.01] + [
+        0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 2) / (total - 2)))) for s in range(2, total)
+    ]
+    assert seen == pytest.approx(expected)
+    assert seen[-1] > 0.001  # the floor is reached after the last step, not before
+    from cf_models.training import SASRecTask
+
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        SASRecTask(n_items=5, lr_schedule="linear")
+    with pytest.raises(ValueError, match="min_lr_ratio must be in"):
+        SASRecTask(n_items=5, lr_schedule="cosine", min_lr_ratio=1.5)
