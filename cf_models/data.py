@@ -163,6 +163,13 @@ class SequenceDataModule(CFDataModule):
             long context in another; every training item is still a target at least once per epoch.
             Needs ``trainer.reload_dataloaders_every_n_epochs: 1`` to be redrawn (``train_dataloader``
             seeds each epoch with ``seed + epoch``).
+        each_target_once: with overlapping windows (``window_stride < max_len`` or random offsets),
+            a target held by two windows carries loss only in the older one, where it sits later and
+            sees a longer context; the newer window keeps those positions as inputs (context for its
+            later targets) with target 0. Every training item but a user's first is then a target
+            exactly once, with at least ``max_len - window_stride + 1`` items of context (or its whole
+            history): with ``window_stride=1`` this is RecBole's every-prefix-is-a-row training, at
+            up to ``max_len`` times the encoder cost.
     """
 
     def __init__(
@@ -173,6 +180,7 @@ class SequenceDataModule(CFDataModule):
         min_window: int = 2,
         window_stride: int | None = None,
         window_offsets: Literal["fixed", "random"] = "fixed",
+        each_target_once: bool = False,
         batch_size: int = 128,
         eval_batch_size: int = 512,
         seed: int = 0,
@@ -188,6 +196,7 @@ class SequenceDataModule(CFDataModule):
         if window_offsets not in ("fixed", "random"):
             raise ValueError(f"window_offsets must be 'fixed' or 'random', got {window_offsets!r}")
         self.window_offsets = window_offsets
+        self.each_target_once = each_target_once
         self._train_sequences: list[np.ndarray] | None = None
 
     def train_sequences(self) -> list[np.ndarray]:
@@ -196,8 +205,9 @@ class SequenceDataModule(CFDataModule):
             self._train_sequences = list(self.split.items_by_user(["train"]).values())
         return self._train_sequences
 
-    def train_windows(self, epoch: int = 0) -> list[np.ndarray]:
-        """Training windows of up to ``max_len + 1`` chronological items, users in id order.
+    def train_rows(self, epoch: int = 0) -> list[tuple[np.ndarray, int]]:
+        """Training windows of up to ``max_len + 1`` chronological items, users in id order, each with
+        the number of its leading targets that carry no loss (always 0 unless ``each_target_once``).
 
         ``epoch`` only matters with ``window_offsets="random"`` (the shifts are drawn from
         ``numpy.random.default_rng([seed, epoch])``).
@@ -206,32 +216,45 @@ class SequenceDataModule(CFDataModule):
         span = self.max_len + 1
         rng = np.random.default_rng([self.seed, epoch]) if self.window_offsets == "random" else None
         for seq in self.train_sequences():
+            ends = []
             end = seq.size
-            first = True
             while end >= self.min_window:
-                out.append(seq[max(0, end - span):end])
-                if self.windows == "last":
-                    break
-                if end <= span:
-                    break  # this window already starts at the first item
-                if first and rng is not None:
+                ends.append(end)
+                if self.windows == "last" or end <= span:
+                    break  # only the most recent window, or this one already starts at the first item
+                if len(ends) == 1 and rng is not None:
                     # the next window ends 1..stride items earlier: its targets overlap or abut
                     # this one's (end - max_len .. end - 1), so no item is skipped
                     end -= int(rng.integers(1, self.window_stride + 1))
                 else:
                     end -= self.window_stride
-                first = False
+            for k, end in enumerate(ends):
+                skip = 0
+                if self.each_target_once and k + 1 < len(ends):
+                    # the older window (ending ends[k + 1]) holds this window's first
+                    # max_len - shift targets at later positions, i.e. with longer contexts
+                    skip = max(0, self.max_len - (end - ends[k + 1]))
+                out.append((seq[max(0, end - span):end], skip))
         return out
 
-    def _collate_train(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        seq = left_pad(rows, self.max_len + 1)
-        return {"history": seq[:, :-1], "target": seq[:, 1:]}
+    def train_windows(self, epoch: int = 0) -> list[np.ndarray]:
+        """The windows of ``train_rows`` (see there)."""
+        return [window for window, _ in self.train_rows(epoch)]
+
+    def _collate_train(self, rows: list[tuple[np.ndarray, int]]) -> dict[str, torch.Tensor]:
+        seq = left_pad([window for window, _ in rows], self.max_len + 1)
+        target = seq[:, 1:].clone()
+        for i, (window, skip) in enumerate(rows):
+            if skip:  # the window's targets fill the last len(window) - 1 positions
+                first = self.max_len - (len(window) - 1)
+                target[i, first:first + skip] = 0
+        return {"history": seq[:, :-1], "target": target}
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
         return DataLoader(
-            _ListDataset(self.train_windows(epoch)), batch_size=self.batch_size, shuffle=True,
+            _ListDataset(self.train_rows(epoch)), batch_size=self.batch_size, shuffle=True,
             collate_fn=self._collate_train, generator=generator,
         )
 

@@ -192,3 +192,35 @@ def test_random_window_offsets_cover_every_target_and_change_with_the_epoch(tmp_
     assert all(np.array_equal(a, b) for a, b in zip(fixed.train_windows(0), fixed.train_windows(5)))
     with pytest.raises(ValueError, match="window_offsets"):
         SequenceDataModule(str(folder), max_len=4, window_offsets="shuffled")
+
+
+@pytest.mark.parametrize("stride,offsets", [(2, "fixed"), (3, "random"), (4, "random"), (1, "fixed")])
+def test_each_target_once_trains_every_target_once_with_a_long_context(tmp_path, stride, offsets):
+    folder = write_synthetic_split(tmp_path / "loo", "loo", n_users=1, n_items=60, length=25)
+    (seq,) = SequenceDataModule(str(folder), max_len=4).split.items_by_user(["train"]).values()
+    index = {int(item): i for i, item in enumerate(seq)}  # 23 distinct training items
+    for epoch in range(3):
+        dm = SequenceDataModule(str(folder), max_len=4, window_stride=stride, window_offsets=offsets,
+                                each_target_once=True, seed=epoch)
+        rows = dm.train_rows(epoch)
+        batch = dm._collate_train(rows)
+        history, target = batch["history"], batch["target"]
+        # inputs are untouched: the history is still the window shifted by one
+        assert torch.equal(history, left_pad([w for w, _ in rows], 5)[:, :-1])
+        seen = []
+        for h, t in zip(history, target):
+            for pos in torch.nonzero((t != 0) & (h != 0)).flatten().tolist():  # as SASRecTask.loss
+                context = h[: pos + 1][h[: pos + 1] != 0].tolist()
+                item = int(t[pos])
+                # the context is the items just before the target: all of them up to max_len - stride + 1
+                # (exactly max_len with stride 1, RecBole's per-prefix rows), never fewer
+                i = index[item]
+                assert context == seq[i - len(context):i].tolist()
+                assert len(context) >= min(i, 4 - stride + 1)
+                seen.append(item)
+        # every training item but the first is a target exactly once (as RecBole's per-prefix rows)
+        assert sorted(seen) == sorted(seq[1:].tolist())
+    # without it, overlapping windows repeat targets (with shorter contexts)
+    plain = SequenceDataModule(str(folder), max_len=4, window_stride=2)
+    plain_batch = plain._collate_train(plain.train_rows())
+    assert int(((plain_batch["target"] != 0) & (plain_batch["history"] != 0)).sum()) > 22
