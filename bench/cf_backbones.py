@@ -12,7 +12,10 @@ Targets (RecBole / CoLLM reference figures):
   (multi-relevant NDCG as RecBole computes it).
 - MF with BCE, ML-1M CoLLM Yes/No protocol: test AUC >= 0.6482.
 
-The last printed line is one JSON object with every figure and wall time.
+The last printed line is one JSON object with every figure and wall time. ``--seeds 1,2`` also trains
+each model with those seeds (``seed_everything`` and the data seed) after the config's own, to show
+the spread: ``<name>_seeds`` lists every seed's headline figures and ``<name>_mean_<metric>`` their
+mean (config seed included); the other keys stay those of the config's seed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ RUNS = {
 }
 
 # the folder names the LLM configs read (configs/llm/**: cf_model_path)
+# the figures each run's targets are stated in
+HEADLINE = {"sasrec": ("ndcg@10", "hr@10"), "bpr": ("ndcg@10", "recall@10"), "collm_mf": ("auc",)}
+
 EXPORT_NAMES = {"sasrec": "sasrec_ml100k_loo", "bpr": "bpr_ml100k_random", "collm_mf": "mf_ml1m_collm"}
 
 
@@ -48,12 +54,25 @@ def _ensure_split(folder: Path, prepare_args: list[str]) -> None:
     prepare_main([*prepare_args, "--out", str(folder)])
 
 
+def _headline(name: str, result, seed: int | None) -> dict:
+    """One seed's headline test figures, best validation score and training time (``seed=None``: the config's)."""
+    row = {"seed": "config" if seed is None else seed, "best_valid": result.best_valid,
+           "best_epoch": result.best_epoch, "train_s": round(result.train_seconds, 1)}
+    row.update({key.replace("@", ""): result.test_metrics[key] for key in HEADLINE[name]})
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--only", default="sasrec,bpr,collm_mf", help="comma-separated subset of " + ",".join(RUNS))
     parser.add_argument("--export_root", default=None, help="also export each model under this folder")
+    parser.add_argument("--seeds", default="", help="extra seeds to train each model with, e.g. 1,2 (not exported)")
     args = parser.parse_args(argv)
+    try:
+        extra_seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     from cf_models.cli import fit
@@ -88,6 +107,16 @@ def main(argv: list[str] | None = None) -> dict:
             summary["collm_mf_auc"] = t["auc"]
             summary["collm_mf_uauc"] = t["uauc"]
             summary["collm_mf_uauc_users"] = int(t["uauc_users"])
+        if extra_seeds:
+            per_seed = [_headline(name, result, seed=None)]
+            for seed in extra_seeds:
+                other = fit([*cli_args[:4], "--seed_everything", str(seed), "--data.init_args.seed", str(seed)])
+                per_seed.append(_headline(name, other, seed))
+                print(f"[bench] {name} seed {seed}: {json.dumps(per_seed[-1], sort_keys=True)}", flush=True)
+            summary[f"{name}_seeds"] = per_seed
+            for key in HEADLINE[name]:
+                metric = key.replace("@", "")
+                summary[f"{name}_mean_{metric}"] = sum(r[metric] for r in per_seed) / len(per_seed)
     summary["load_avg_1m_at_end"] = os.getloadavg()[0]
     print(json.dumps(summary, sort_keys=True), flush=True)
     return summary
