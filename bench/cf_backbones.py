@@ -38,10 +38,10 @@ RUNS = {
     "collm_mf": ("configs/cf/mf_collm_ml1m.yaml", "work/ml1m_collm", ["--dataset", "ml-1m", "--protocol", "collm"]),
 }
 
-# the folder names the LLM configs read (configs/llm/**: cf_model_path)
 # the figures each run's targets are stated in
 HEADLINE = {"sasrec": ("ndcg@10", "hr@10"), "bpr": ("ndcg@10", "recall@10"), "collm_mf": ("auc",)}
 
+# the folder names the LLM configs read (configs/llm/**: cf_model_path)
 EXPORT_NAMES = {"sasrec": "sasrec_ml100k_loo", "bpr": "bpr_ml100k_random", "collm_mf": "mf_ml1m_collm"}
 
 
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"unknown run {name!r}; expected one of {sorted(RUNS)}")
         config, split, prepare_args = RUNS[name]
         _ensure_split(ROOT / split, prepare_args)
-        cli_args = ["--config", config, "--data.init_args.split_dir", split]
+        base_args = ["--config", config, "--data.init_args.split_dir", split]
+        cli_args = list(base_args)
         if args.export_root:
             cli_args += ["--export_dir", str(Path(args.export_root) / EXPORT_NAMES[name])]
         start = time.perf_counter()
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         if extra_seeds:
             per_seed = [_headline(name, result, seed=None)]
             for seed in extra_seeds:
-                other = fit([*cli_args[:4], "--seed_everything", str(seed), "--data.init_args.seed", str(seed)])
+                other = fit([*base_args, "--seed_everything", str(seed), "--data.init_args.seed", str(seed)])
                 per_seed.append(_headline(name, other, seed))
                 print(f"[bench] {name} seed {seed}: {json.dumps(per_seed[-1], sort_keys=True)}", flush=True)
             summary[f"{name}_seeds"] = per_seed
