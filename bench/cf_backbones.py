@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary[f"{name}_epochs"] = result.epochs_run
         summary[f"{name}_best_epoch"] = result.best_epoch if result.best_epoch is not None else -1
         if name == "sasrec":
-            for key in ("ndcg@10", "hr@10", "mrr", "filtered/ndcg@10", "filtered/hr@10", "cand/hr@1"):
+            for key in ("ndcg@10", "hr@10", "mrr", "filtered/ndcg@10", "filtered/hr@10", "cand/hr@1", "seen_share@10"):
                 summary["sasrec_" + key.replace("filtered/", "filtered_").replace("cand/", "cand_").replace("@", "")] = t[key]
         elif name == "bpr":
             for key in ("ndcg@10", "recall@10", "hr@10"):

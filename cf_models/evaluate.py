@@ -7,7 +7,9 @@ Three protocols, each an *evaluator* that accumulates per-row values batch by ba
   Full ranking over all items, reported twice: ``hr@K``, ``ndcg@K``, ``mrr`` with the history NOT
   masked (as RecBole ranks sequential models: an already-seen item may outrank the target), and
   ``filtered/...`` with the row's seen items removed (the target is never removed). Also
-  ``cand/hr@1``: the target's rank among the row's 20 stored candidates.
+  ``cand/hr@1``: the target's rank among the row's 20 stored candidates, and ``seen_share@K``: the
+  share of the not-masked top K held by items the user has already seen (history or training), a
+  diagnostic of how much the not-masked figures lose to re-recommending them.
 - ``MultiRelevantEvaluator`` (random split): all of a user's held-out items are relevant. Seen items
   (training, plus validation for the test split) are removed. ``ndcg@K`` is RecBole's
   multi-relevant NDCG: ``DCG = sum_{j<K} hit_j / log2(j + 2)`` over the top-K list,
@@ -128,6 +130,11 @@ class NextItemEvaluator(_PerRow):
                 self._add(f"{prefix}hr@{k}", metrics.hit_at_k_per_row(ranks, k))
                 self._add(f"{prefix}ndcg@{k}", metrics.ndcg_at_k_per_row(ranks, k))
             self._add(f"{prefix}mrr", metrics.mrr_per_row(ranks))
+        seen = batch["seen"]
+        for k in self.ks:
+            top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # [B, k]
+            held = ((top.unsqueeze(-1) == seen.unsqueeze(1)) & (seen.unsqueeze(1) != 0)).any(-1) & (top != 0)
+            self._add(f"seen_share@{k}", held.double().mean(dim=1))
         if "candidates" in batch:
             cand = batch["candidates"]
             cand_scores = scores.gather(1, cand)

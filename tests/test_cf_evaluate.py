@@ -81,6 +81,9 @@ def test_next_item_evaluator_hand_made():
     assert r["filtered/hr@1"] == 1.0 and r["filtered/mrr"] == 1.0
     # candidates: user 1 prefers item 1 over 3 (miss); user 2 prefers 4 over 2 (hit)
     assert r["cand/hr@1"] == pytest.approx(0.5)
+    # not-masked top 1 / top 2: user 1 [1] / [1, 2], both seen; user 2 [5] / [5, 4], 5 seen
+    assert r["seen_share@1"] == pytest.approx(1.0)
+    assert r["seen_share@2"] == pytest.approx((2 / 2 + 1 / 2) / 2)
     assert r["n_rows"] == 2
 
 
