@@ -131,10 +131,10 @@ class NextItemEvaluator(_PerRow):
                 self._add(f"{prefix}ndcg@{k}", metrics.ndcg_at_k_per_row(ranks, k))
             self._add(f"{prefix}mrr", metrics.mrr_per_row(ranks))
         seen = batch["seen"]
+        top = scores.topk(min(max(self.ks), scores.shape[1]), dim=1).indices  # [B, K], best first
+        held = ((top.unsqueeze(-1) == seen.unsqueeze(1)) & (seen.unsqueeze(1) != 0)).any(-1) & (top != 0)
         for k in self.ks:
-            top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # [B, k]
-            held = ((top.unsqueeze(-1) == seen.unsqueeze(1)) & (seen.unsqueeze(1) != 0)).any(-1) & (top != 0)
-            self._add(f"seen_share@{k}", held.double().mean(dim=1))
+            self._add(f"seen_share@{k}", held[:, :k].double().mean(dim=1))
         if "candidates" in batch:
             cand = batch["candidates"]
             cand_scores = scores.gather(1, cand)

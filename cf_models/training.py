@@ -31,6 +31,15 @@ from cf_models.sasrec import SASRec, SASRecConfig
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, floor: float = 0.0) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warm-up over
+    ``warmup_steps``, then a cosine decay from 1 to ``floor`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class CFTask(L.LightningModule):
     """Shared optimiser and evaluation loop. Subclasses build ``self.model`` and ``training_step``.
 
@@ -43,7 +52,7 @@ class CFTask(L.LightningModule):
     model: CFModel
 
     def __init__(
-        self, lr: float, weight_decay: float, lr_schedule: str = "constant", warmup_steps: int = 0,
+        self, lr: float, weight_decay: float, lr_schedule: Literal["constant", "cosine"] = "constant", warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
     ) -> None:
         super().__init__()
@@ -66,10 +75,7 @@ class CFTask(L.LightningModule):
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based) of ``total_steps``."""
         if self.lr_schedule == "constant":
             return 1.0
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, total_steps, self.warmup_steps, self.min_lr_ratio)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)

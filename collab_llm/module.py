@@ -48,6 +48,7 @@ import torch
 from peft import get_peft_model
 from torch import nn
 
+from cf_models.training import warmup_cosine
 from collab_llm import scoring
 from collab_llm.backbone import DType, load_backbone, lora_config
 from collab_llm.injection import SoftTokenInjector
@@ -219,14 +220,7 @@ class CollabLLM(L.LightningModule):
         if total is None:
             total = int(self.trainer.estimated_stepping_batches)
         warmup = self.hparams.warmup_steps
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ regimes
