@@ -22,7 +22,10 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-DType = Literal["float32", "bfloat16"]
+DType = Literal["auto", "float32", "bfloat16"]
+
+#: CPU flags (``/proc/cpuinfo``) that mean bf16 matmuls run natively (AVX512-BF16, AMX-BF16).
+NATIVE_BF16_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16"})
 
 #: Placeholders reserved by default: item soft tokens (LLaRA history and candidates, and items in
 #: hybrid Yes/No prompts), the user token and the target-item token (CoLLM).
@@ -62,7 +65,47 @@ class Backbone:
         return int(self.model.get_input_embeddings().weight.shape[1])
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | None = None, cuda: bool | None = None) -> bool:
+    """Whether bf16 matmuls are native here: a CUDA device with bf16 support, else a CPU with
+    AVX512-BF16 or AMX-BF16 (``flags``: the CPU's flags, read from ``/proc/cpuinfo`` when None).
+    On AVX2-only CPUs PyTorch emulates bf16 matmuls, hundreds of times slower than fp32."""
+    if cuda is None:
+        cuda = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if cuda:
+        return True
+    return bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def resolve_dtype(dtype: DType, flags: frozenset[str] | None = None, cuda: bool | None = None) -> str:
+    """``"auto"`` -> ``"bfloat16"`` where bf16 is native (:func:`native_bf16`), else ``"float32"``;
+    other values are returned as they are (after a check)."""
+    if dtype == "auto":
+        return "bfloat16" if native_bf16(flags, cuda) else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+    return dtype
+
+
+def mean_embedding_norm(model: torch.nn.Module) -> float:
+    """Mean L2 norm of the rows of ``model``'s input word-embedding matrix (the scale of a word)."""
+    weight = model.get_input_embeddings().weight
+    return float(weight.detach().float().norm(dim=-1).mean())
+
+
 def _torch_dtype(dtype: DType) -> torch.dtype:
+    dtype = resolve_dtype(dtype)  # type: ignore[assignment]
     if dtype == "float32":
         return torch.float32
     if dtype == "bfloat16":
@@ -139,6 +182,7 @@ def load_backbone(
     Args:
         path: folder with ``config.json``, weights and tokenizer files (nothing is downloaded).
         dtype: weights of the frozen backbone; trainable parts (LoRA, projector) stay float32.
+            ``"auto"``: bfloat16 where bf16 matmuls are native (:func:`native_bf16`), else float32.
         placeholder_tokens: strings reserved as single special tokens.
     """
     path = Path(path).expanduser()

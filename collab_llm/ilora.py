@@ -719,7 +719,7 @@ def load_ilora_model(base_model: nn.Module, folder: str | os.PathLike) -> ILoRAM
 # --------------------------------------------------------------------------------------------------
 
 from collab_llm.backbone import DType  # noqa: E402  (Lightning side below; the core above needs none of it)
-from collab_llm.module import CollabLLM, EvalPrompt, Regime  # noqa: E402
+from collab_llm.module import CollabLLM, EvalPrompt, HeadLoss, Regime, Scorer  # noqa: E402
 from projectors import ProjectorKind  # noqa: E402
 
 
@@ -770,6 +770,13 @@ class ILoRACollabLLM(CollabLLM):
         n_bootstrap: int = 1000,
         seed: int = 0,
         predictions_dir: str | None = None,
+        scorer: Scorer = "likelihood",
+        head_loss: HeadLoss = "candidates",
+        projector_lr: float | None = None,
+        train_lora: bool = True,
+        head_init: Literal["none", "standardize", "least_squares"] = "least_squares",
+        head_init_rows: int = 512,
+        head_ridge: float = 100.0,
         num_experts: int = 4,
         gate_hidden_dim: int | None = None,
     ) -> None:
@@ -783,7 +790,8 @@ class ILoRACollabLLM(CollabLLM):
             stage1_steps=stage1_steps, eval_prompt=eval_prompt, eval_generation=eval_generation,
             max_new_tokens=max_new_tokens, num_beams=num_beams, length_normalize=length_normalize,
             yes_no_loss=yes_no_loss, gradient_checkpointing=gradient_checkpointing, n_bootstrap=n_bootstrap, seed=seed,
-            predictions_dir=predictions_dir,
+            predictions_dir=predictions_dir, scorer=scorer, head_loss=head_loss, projector_lr=projector_lr,
+            train_lora=train_lora, head_init=head_init, head_init_rows=head_init_rows, head_ridge=head_ridge,
         )
         cf_model = self.injector.cf_model
         self.ilora_config = ILoRAConfig(

@@ -50,13 +50,16 @@ from torch import nn
 
 from cf_models.training import warmup_cosine
 from collab_llm import scoring
-from collab_llm.backbone import DType, load_backbone, lora_config
+from collab_llm.backbone import DType, load_backbone, lora_config, mean_embedding_norm
+from collab_llm.heads import ItemScoringHead
 from collab_llm.injection import SoftTokenInjector
 from collab_llm.io import atomic_file
 from collab_llm.prompts import ITEM_PLACEHOLDERS, USER_PLACEHOLDERS, Mode, Task, load_template
 from projectors.mlp import ProjectorKind, build_projector
 
 Regime = Literal["text", "joint", "curriculum", "two_stage"]
+Scorer = Literal["likelihood", "head"]
+HeadLoss = Literal["candidates", "catalog"]
 EvalPrompt = Literal["auto", "text", "hybrid"]
 _EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap",
                   "predictions_dir")
@@ -97,6 +100,26 @@ class CollabLLM(L.LightningModule):
         predictions_dir: folder for ``predictions_test.parquet`` / ``predictions_predict.parquet``;
             ``None``: the logger's ``log_dir`` (nothing is written when there is neither).
         seed: seeds the curriculum draws and per-step dropout.
+        scorer: ``"likelihood"`` (the papers): the answer's likelihood (next-item: each candidate
+            title's log-likelihood; Yes/No: the Yes/No logits). ``"head"``: an
+            :class:`collab_llm.heads.ItemScoringHead` reads the LLM's last hidden state of the prompt
+            and scores items against their CF embeddings (next-item: the candidates; Yes/No: the
+            target item, sigmoid); trained with ``head_loss``. Needs a CF model.
+        head_loss: next-item with ``scorer="head"``: softmax cross-entropy over the row's stored
+            ``"candidates"`` or over the whole ``"catalog"`` (E4SRec). Yes/No heads use BCE.
+        projector_lr: learning rate of the projector and head (own AdamW group, same schedule);
+            ``None``: ``learning_rate``.
+        head_init: how the head starts, before the first training step (never on a resume):
+            ``"least_squares"``: an alignment pass runs ``head_init_rows`` training prompts through
+            the frozen LLM (forward only), standardises the hidden states and fits the query by
+            ridge regression (``head_ridge``) onto the true next items' CF embeddings (Yes/No: onto
+            the labels, :meth:`collab_llm.heads.ItemScoringHead.fit_bilinear`); ``"standardize"``:
+            the same pass sets only the feature statistics (random query); ``"none"``: raw states.
+        head_init_rows: training rows of the alignment pass (the first rows of a ``seed`` shuffle;
+            the same on every DDP rank).
+        head_ridge: ridge penalty of the least-squares fit.
+        train_lora: ``False`` keeps the LoRA weights at their initialisation (``lora_B = 0``: the
+            plain backbone); an ablation of the head recipe.
     """
 
     def __init__(
@@ -127,6 +150,13 @@ class CollabLLM(L.LightningModule):
         n_bootstrap: int = 1000,
         seed: int = 0,
         predictions_dir: str | None = None,
+        scorer: Scorer = "likelihood",
+        head_loss: HeadLoss = "candidates",
+        projector_lr: float | None = None,
+        train_lora: bool = True,
+        head_init: Literal["none", "standardize", "least_squares"] = "least_squares",
+        head_init_rows: int = 512,
+        head_ridge: float = 100.0,
     ) -> None:
         super().__init__()
         # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
@@ -155,6 +185,17 @@ class CollabLLM(L.LightningModule):
         if yes_no_loss == "bce" and self.task != "yes_no":
             raise ValueError(f"yes_no_loss='bce' needs a yes_no template; {template!r} is a {self.task} template")
         self.yes_no_loss = yes_no_loss
+        if scorer not in ("likelihood", "head"):
+            raise ValueError(f"scorer must be 'likelihood' or 'head', got {scorer!r}")
+        if head_loss not in ("candidates", "catalog"):
+            raise ValueError(f"head_loss must be 'candidates' or 'catalog', got {head_loss!r}")
+        if scorer == "head":
+            if regime == "text" or cf_model_path is None:
+                raise ValueError("scorer='head' scores items against their CF embeddings: it needs cf_model_path "
+                                 f"and a hybrid regime (got regime {regime!r})")
+            if eval_generation:
+                raise ValueError("scorer='head' scores items without generating text; set eval_generation: false")
+        self.scorer: Scorer = scorer
 
         backbone = load_backbone(backbone_path, dtype)
         self.tokenizer = backbone.tokenizer
@@ -183,7 +224,10 @@ class CollabLLM(L.LightningModule):
             cf_model = CFModel.from_pretrained(cf_model_path)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
-                proj = build_projector(projector, int(cf_model.embedding_dim), backbone.hidden_size)
+                proj = build_projector(
+                    projector, int(cf_model.embedding_dim), backbone.hidden_size,
+                    target_norm=mean_embedding_norm(backbone.model) if projector.startswith("scaled_") else None,
+                )
         self.injector = SoftTokenInjector(
             cf_model,
             proj,
@@ -195,11 +239,29 @@ class CollabLLM(L.LightningModule):
             self.yes_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_yes, prefix=prefix)
             self.no_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_no, prefix=prefix)
 
-        self.lora_names = [f"llm.{n}" for n, p in self.llm.named_parameters() if p.requires_grad]
+        self.head: ItemScoringHead | None = None
+        if scorer == "head":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 3)
+                self.head = ItemScoringHead(backbone.hidden_size, int(cf_model.embedding_dim))
+        if head_init not in ("none", "standardize", "least_squares"):
+            raise ValueError(f"head_init must be none/standardize/least_squares, got {head_init!r}")
+        if head_init_rows < 2:
+            raise ValueError(f"head_init_rows must be >= 2, got {head_init_rows}")
+
+        if train_lora:
+            self.lora_names = [f"llm.{n}" for n, p in self.llm.named_parameters() if p.requires_grad]
+        else:
+            for p in self.llm.parameters():
+                p.requires_grad_(False)
+            self.lora_names = []
+        # the "projector" group: projector and head, the new parameters of the injection (own lr)
         self.projector_names = [f"injector.projector.{n}" for n, _ in proj.named_parameters()] if proj is not None else []
+        if self.head is not None:
+            self.projector_names += [f"head.{n}" for n, _ in self.head.named_parameters()]
         self.trainable_keys = set(self.lora_names) | {
             f"injector.projector.{n}" for n in (proj.state_dict() if proj is not None else {})
-        }
+        } | ({f"head.{n}" for n in self.head.state_dict()} if self.head is not None else set())
         self.strict_loading = False  # checkpoints hold only trainable tensors; checked in on_load_checkpoint
         self._used_groups: set[str] = set()
         self._run_length: int | None = None
@@ -214,8 +276,14 @@ class CollabLLM(L.LightningModule):
         return [named[n] for n in self.lora_names + self.projector_names]
 
     def configure_optimizers(self) -> Any:
-        params = self.trainable_parameters()
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        named = dict(self.named_parameters())
+        groups = []
+        if self.lora_names:
+            groups.append({"params": [named[n] for n in self.lora_names], "lr": self.hparams.learning_rate})
+        if self.projector_names:
+            lr = self.hparams.projector_lr if self.hparams.projector_lr is not None else self.hparams.learning_rate
+            groups.append({"params": [named[n] for n in self.projector_names], "lr": lr})
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         total = self.hparams.total_steps
         if total is None:
             total = int(self.trainer.estimated_stepping_batches)
@@ -246,6 +314,49 @@ class CollabLLM(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._run_length = None
+
+    def on_train_start(self) -> None:
+        if self.head is None or self.hparams.head_init == "none" or int(self.head.initialized) == 1:
+            return  # no head, raw states, or a resumed run (the buffers came with the checkpoint)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or "train" not in getattr(datamodule, "datasets", {}) or datamodule.collator is None:
+            raise RuntimeError("head_init needs a RecDataModule (its training rows and collator); use head_init: none")
+        self.initialize_head(datamodule.datasets["train"], datamodule.collator)
+
+    @torch.no_grad()
+    def initialize_head(self, dataset: Any, collator: Any, batch_size: int = 8) -> dict[str, float]:
+        """The alignment pass of ``head_init`` (see the class docstring) on ``head_init_rows`` rows of
+        ``dataset`` (the first rows of a permutation seeded by ``seed``), collated by ``collator``."""
+        n = min(int(self.hparams.head_init_rows), len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(self.hparams.seed) + 5))[:n]
+        was_training = self.llm.training
+        self.llm.eval()  # no LoRA dropout in the alignment pass
+        hidden, targets, items, labels = [], [], [], []
+        cf = self.injector.cf_model
+        try:
+            for start in range(0, n, batch_size):
+                batch = collator([dataset[int(i)] for i in order[start:start + batch_size]])
+                batch = self.transfer_batch_to_device(batch, self.device, 0) if self._trainer is not None else batch
+                view = self._view(batch, "hybrid")
+                embeds, mask = self.embed(view, prompt_only=True)
+                self.before_llm_call(batch)
+                hidden.append(scoring.last_hidden_state(self.llm, embeds, mask).float().cpu())
+                if self.task == "next_item":
+                    targets.append(cf.item_embeddings(batch["target"].to(self.device)).float().cpu())
+                else:
+                    items.append(cf.item_embeddings(batch["item"].to(self.device)).float().cpu())
+                    labels.append(batch["label"].cpu())
+        finally:
+            self.llm.train(was_training)
+        where = self.head.mean.device
+        h = torch.cat(hidden).to(where)
+        if self.hparams.head_init == "standardize":
+            self.head.fit_standardization(h)
+        elif self.task == "next_item":
+            self.head.fit_least_squares(h, torch.cat(targets).to(where), float(self.hparams.head_ridge))
+        else:
+            self.head.fit_bilinear(h, torch.cat(items).to(where), torch.cat(labels).to(where), float(self.hparams.head_ridge))
+        return {"rows": float(n)}
 
     def train_mode_at(self, step: int) -> Mode:
         """The prompt view used at global step ``step`` (deterministic in ``(seed, step)``)."""
@@ -301,15 +412,55 @@ class CollabLLM(L.LightningModule):
         yes_logit = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)[:, 0]
         return torch.nn.functional.binary_cross_entropy_with_logits(yes_logit, batch["label"].to(yes_logit).float())
 
+    def head_scores(self, batch: dict[str, Any], mode: Mode, items: str = "candidates") -> torch.Tensor:
+        """Item-scoring head on the prompt of ``mode``: ``(B, C)`` candidate scores (next-item,
+        ``items="candidates"``), ``(B, n_items)`` catalogue scores (``"catalog"``: items 1..n), or
+        ``(B, 1)`` target-item logits (Yes/No, ``"target"``)."""
+        if self.head is None:
+            raise RuntimeError("head_scores needs scorer='head'")
+        view = self._view(batch, mode)
+        embeds, mask = self.embed(view, prompt_only=True)
+        self.before_llm_call(batch)
+        hidden = scoring.last_hidden_state(self.llm, embeds, mask)
+        cf = self.injector.cf_model
+        with torch.no_grad():
+            if items == "candidates":
+                item_emb = cf.item_embeddings(batch["candidates"].to(self.device))
+            elif items == "target":
+                item_emb = cf.item_embeddings(batch["item"].to(self.device)).unsqueeze(1)
+            elif items == "catalog":
+                n_items = int(cf.config.n_items)
+                item_emb = cf.item_embeddings(torch.arange(1, n_items + 1, device=self.device))
+            else:
+                raise ValueError(f"items must be candidates/target/catalog, got {items!r}")
+        return self.head(hidden, item_emb)
+
+    def head_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
+        """Next-item: softmax cross-entropy of the target among the candidates (or the catalogue);
+        Yes/No: BCE of the target item's head logit against the label."""
+        if self.task == "yes_no":
+            logit = self.head_scores(batch, mode, "target")[:, 0]
+            return torch.nn.functional.binary_cross_entropy_with_logits(logit, batch["label"].to(logit).float())
+        if self.hparams.head_loss == "catalog":
+            scores = self.head_scores(batch, mode, "catalog")
+            return torch.nn.functional.cross_entropy(scores, batch["target"].to(self.device) - 1)
+        scores = self.head_scores(batch, mode, "candidates")
+        return torch.nn.functional.cross_entropy(scores, batch["target_index"].to(self.device))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         step = int(self.global_step)
         mode = self.train_mode_at(step)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(self.hparams.seed) * 7_919 + step * 104_729 + int(self.global_rank))
-            loss = self.bce_loss(batch, mode) if self.yes_no_loss == "bce" else self.lm_loss(batch, mode)
+            if self.scorer == "head":
+                loss = self.head_loss(batch, mode)
+            elif self.yes_no_loss == "bce":
+                loss = self.bce_loss(batch, mode)
+            else:
+                loss = self.lm_loss(batch, mode)
         stage2 = self.regime == "two_stage" and step >= self.hparams.stage1_steps
-        if not stage2:
+        if not stage2 and self.lora_names:
             self._used_groups.add("lora")
         if mode == "hybrid" and self.projector_names:
             self._used_groups.add("projector")
@@ -338,9 +489,12 @@ class CollabLLM(L.LightningModule):
         index = batch["row_index"].tolist()
         if self.task == "next_item":
             self.before_llm_call(batch)
-            scores = scoring.rank_candidates(
-                self.llm, embeds, mask, batch["candidate_token_ids"], self.length_normalize
-            ).float().cpu()
+            if self.scorer == "head":
+                scores = self.head_scores(batch, self.eval_mode(), "candidates").float().cpu()
+            else:
+                scores = scoring.rank_candidates(
+                    self.llm, embeds, mask, batch["candidate_token_ids"], self.length_normalize
+                ).float().cpu()
             choices: list[int | None] = [None] * len(users)
             answers = [""] * len(users)
             if self.eval_generation:
@@ -356,7 +510,9 @@ class CollabLLM(L.LightningModule):
                 })
         else:
             self.before_llm_call(batch)
-            if self.yes_no_loss == "bce":
+            if self.scorer == "head":
+                p_yes = torch.sigmoid(self.head_scores(batch, self.eval_mode(), "target")[:, 0]).float().cpu()
+            elif self.yes_no_loss == "bce":
                 logits = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)
                 p_yes = torch.sigmoid(logits[:, 0]).float().cpu()
             else:

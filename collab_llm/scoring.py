@@ -54,6 +54,7 @@ __all__ = [
     "encode_answers",
     "yes_no_logits",
     "yes_no_scores",
+    "last_hidden_state",
     "rank_candidates",
     "generate_answers",
     "normalize_title",
@@ -192,6 +193,25 @@ def yes_no_scores(
         ``(B,)`` float32 in ``[0, 1]``. One forward pass; call under ``torch.no_grad()`` to evaluate.
     """
     return torch.softmax(yes_no_logits(model, inputs_embeds, attention_mask, yes_id, no_id), dim=-1)[:, 0]
+
+
+def last_hidden_state(model: PreTrainedModel, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+    """``(B, H)`` hidden state after the final norm at the last position of left-padded prompts.
+
+    Runs the transformer without its LM head (no logits at all): what an item-scoring head reads
+    (:mod:`collab_llm.heads`). ``model`` may be a peft model (LoRA layers active) or a plain HF
+    causal LM; its ``base_model`` (the HF transformer, e.g. ``LlamaModel``) is called.
+    """
+    check_left_padded(inputs_embeds, attention_mask)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    transformer = causal_lm.base_model
+    out = transformer(
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, -1, :]
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from projectors.base import Projector
-from projectors.mlp import CollmMLP, LinearProjector, LlaraMLP, ProjectorKind, build_projector
+from projectors.mlp import CollmMLP, LinearProjector, LlaraMLP, ProjectorKind, ScaledProjector, build_projector
 
-__all__ = ["Projector", "LinearProjector", "LlaraMLP", "CollmMLP", "ProjectorKind", "build_projector"]
+__all__ = ["Projector", "LinearProjector", "LlaraMLP", "CollmMLP", "ScaledProjector", "ProjectorKind", "build_projector"]

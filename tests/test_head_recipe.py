@@ -1,0 +1,201 @@
+"""The item-scoring head recipe: head maths, scaled projector, projector learning rate, dtype auto, training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+from test_llm_module import trainer  # noqa: E402
+
+from collab_llm import scoring  # noqa: E402
+from collab_llm.backbone import load_backbone, mean_embedding_norm, native_bf16, resolve_dtype  # noqa: E402
+from collab_llm.datamodule import RecDataModule  # noqa: E402
+from collab_llm.heads import ItemScoringHead  # noqa: E402
+from collab_llm.module import CollabLLM  # noqa: E402
+from projectors import Projector, ScaledProjector, build_projector  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_head_scores_are_query_dot_key_and_start_in_cf_space():
+    torch.manual_seed(0)
+    head = ItemScoringHead(hidden_size=6, item_dim=4)
+    h = torch.randn(3, 6)
+    cands = torch.randn(3, 5, 4)
+    catalog = torch.randn(7, 4)
+    q = head.query(h)  # before any fit the statistics are mean 0, std 1
+    # the key starts as the identity: the score is <query(h), e>
+    assert torch.allclose(head(h, cands), torch.einsum("bd,bcd->bc", q, cands), atol=1e-6)
+    assert torch.allclose(head(h, catalog), q @ catalog.T, atol=1e-6)
+    with pytest.raises(ValueError, match="items must be"):
+        head(h, torch.randn(2, 5, 4))
+
+
+def test_least_squares_fit_standardises_outliers_and_recovers_a_linear_map():
+    torch.manual_seed(0)
+    head = ItemScoringHead(hidden_size=6, item_dim=3)
+    h = torch.randn(200, 6)
+    h[:, 2] = 300.0 + 50.0 * h[:, 2]  # an LLM-style outlier feature
+    z = (h - h.mean(0)) / h.std(0)
+    truth = torch.randn(3, 6)
+    y = z @ truth.T + 0.5
+    head.fit_least_squares(h, y, ridge=1e-6)
+    assert int(head.initialized) == 1
+    assert torch.allclose(head.standardize(h).mean(0), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(head.query(head.standardize(h)), y, atol=1e-3)
+    again = ItemScoringHead(hidden_size=6, item_dim=3)
+    again.load_state_dict(head.state_dict())  # statistics and fit are state: checkpoints and bundles keep them
+    assert torch.equal(again.standardize(h), head.standardize(h)) and int(again.initialized) == 1
+
+
+def test_bilinear_fit_separates_yes_from_no():
+    torch.manual_seed(0)
+    head = ItemScoringHead(hidden_size=8, item_dim=4)
+    h, e = torch.randn(300, 8), torch.randn(300, 4)
+    m = torch.randn(4, 8)
+    labels = ((e * (h @ m.T)).sum(1) > 0).long()  # label = sign of a bilinear form
+    head.fit_bilinear(h, e, labels, ridge=1.0)
+    score = head(h, e.unsqueeze(1))[:, 0]
+    from collab_llm.metrics import auc
+
+    assert auc(labels.numpy(), score.detach().numpy()) > 0.95
+
+
+def test_scaled_projector_norm_gain_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    proj = build_projector("scaled_llara_mlp", 4, 8, target_norm=3.2)
+    assert isinstance(proj, ScaledProjector)
+    y = proj(torch.randn(5, 4))
+    assert torch.allclose(y.norm(dim=-1), torch.full((5,), 3.2), atol=1e-4)
+    with torch.no_grad():
+        proj.gain.fill_(0.5)
+    assert torch.allclose(proj(torch.randn(2, 4)).norm(dim=-1), torch.full((2,), 1.6), atol=1e-4)
+    proj.save_pretrained(tmp_path / "p")
+    again = Projector.from_pretrained(tmp_path / "p")
+    x = torch.randn(3, 4)
+    assert torch.equal(again(x), proj(x))
+    with pytest.raises(ValueError, match="target_norm"):
+        build_projector("scaled_linear", 4, 8)
+
+
+def test_dtype_auto_follows_cpu_flags():
+    assert resolve_dtype("auto", flags=frozenset({"avx2", "fma"}), cuda=False) == "float32"
+    assert resolve_dtype("auto", flags=frozenset({"avx512f", "avx512_bf16"}), cuda=False) == "bfloat16"
+    assert resolve_dtype("auto", flags=frozenset({"amx_bf16", "amx_tile"}), cuda=False) == "bfloat16"
+    assert resolve_dtype("auto", flags=frozenset(), cuda=True) == "bfloat16"
+    assert resolve_dtype("float32", flags=frozenset({"amx_bf16"}), cuda=False) == "float32"
+    assert not native_bf16(frozenset({"avx512f", "avx2"}), cuda=False)
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("float16")  # type: ignore[arg-type]
+
+
+def test_last_hidden_state_is_the_lm_head_input(tmp_path):
+    backbone = load_backbone(make_backbone_dir(tmp_path, "llama"))
+    model = backbone.model
+    ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    embeds = model.get_input_embeddings()(ids)
+    hidden = scoring.last_hidden_state(model, embeds, mask)
+    logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=scoring.position_ids_from_mask(mask)).logits[:, -1]
+    assert torch.allclose(model.get_output_embeddings()(hidden), logits, atol=1e-4)
+    assert mean_embedding_norm(model) > 0
+
+
+def _head_module(tmp_path, task="next_item", **kw):
+    backbone = make_backbone_dir(tmp_path, "llama")
+    cf = make_cf_dirs(tmp_path)
+    template = "head_next_item" if task == "next_item" else "collm_movielens"
+    module = CollabLLM(
+        backbone_path=str(backbone), template=template, regime="joint",
+        cf_model_path=str(cf["sasrec" if task == "next_item" else "mf"]),
+        projector="scaled_llara_mlp" if task == "next_item" else "scaled_collm_mlp",
+        lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, scorer="head", **kw,
+    )
+    data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), modes=["hybrid"],
+                         batch_size=4, eval_batch_size=4)
+    return module, data
+
+
+@pytest.mark.parametrize("head_loss", ["candidates", "catalog"])
+def test_head_recipe_trains_lora_projector_head_with_own_lr(tmp_path, head_loss):
+    module, data = _head_module(tmp_path, head_loss=head_loss, projector_lr=5e-2, head_init_rows=6)
+    before = module.trainable_state()
+    assert int(before["head.initialized"]) == 0
+    assert any(k.startswith("head.") for k in before) and any(k.startswith("llm.") for k in before)
+    t = trainer(tmp_path, max_steps=3)
+    t.fit(module, datamodule=data)
+    groups = t.optimizers[0].param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-3, 5e-2]
+    after = module.trainable_state()
+    assert int(after["head.initialized"]) == 1 and not torch.equal(before["head.std"], after["head.std"])
+    for prefix in ("llm.", "injector.projector.", "head."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
+    # the head scores the stored candidates: one score per candidate, the rows' own
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    module.eval()
+    rows = module.score_batch(batch)
+    assert len(rows[0]["scores"]) == batch["candidates"].shape[1]
+    direct = module.head_scores(batch, "hybrid", "candidates")
+    assert torch.allclose(torch.tensor(rows[0]["scores"]), direct[0].float(), atol=1e-5)
+
+
+def test_alignment_pass_fits_the_frozen_llm_states_and_is_not_rerun_on_resume(tmp_path):
+    module, data = _head_module(tmp_path, head_init_rows=8)
+    data.setup("fit")
+    module.initialize_head(data.datasets["train"], data.collator)
+    fitted = module.trainable_state()
+    # the fit equals a ridge regression computed here on the same rows
+    n = 8
+    order = torch.randperm(len(data.datasets["train"]), generator=torch.Generator().manual_seed(5))[:n]
+    batch = data.collator([data.datasets["train"][int(i)] for i in order])
+    module.llm.eval()
+    embeds, mask = module.embed(batch["hybrid"], prompt_only=True)
+    with torch.no_grad():
+        h = scoring.last_hidden_state(module.llm, embeds, mask).float()
+        y = module.injector.cf_model.item_embeddings(batch["target"]).float()
+    ref = ItemScoringHead(h.shape[1], y.shape[1])
+    ref.fit_least_squares(h, y, ridge=100.0)
+    assert torch.allclose(ref.query.net.weight, fitted["head.query.net.weight"], atol=1e-4)
+    # a module whose head is already initialised (a resumed run) keeps it at train start
+    module.head.query.net.weight.data.add_(1.0)
+    marked = module.head.query.net.weight.detach().clone()
+    t = trainer(tmp_path, max_steps=1)
+    t.fit(module, datamodule=data)
+    assert int(module.head.initialized) == 1
+    assert (module.head.query.net.weight - marked).abs().max() < 0.5  # one small step, no refit
+
+
+def test_head_without_lora_keeps_the_backbone_plain(tmp_path):
+    module, data = _head_module(tmp_path, train_lora=False, head_init_rows=4)
+    before = module.trainable_state()
+    assert not any(k.startswith("llm.") for k in before)
+    lora_before = {n: p.detach().clone() for n, p in module.llm.named_parameters() if "lora_" in n}
+    trainer(tmp_path, max_steps=2).fit(module, datamodule=data)
+    assert all(torch.equal(lora_before[n], p) for n, p in module.llm.named_parameters() if "lora_" in n)
+
+
+def test_yes_no_head_is_a_sigmoid_of_the_target_logit(tmp_path):
+    module, data = _head_module(tmp_path, task="yes_no", head_init_rows=6)
+    trainer(tmp_path, max_steps=2).fit(module, datamodule=data)
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    module.eval()
+    rows = module.score_batch(batch)
+    logit = module.head_scores(batch, "hybrid", "target")[:, 0]
+    assert torch.allclose(torch.tensor([r["score"] for r in rows]), torch.sigmoid(logit).float(), atol=1e-6)
+
+
+def test_head_refuses_text_regime_and_generation(tmp_path):
+    backbone = make_backbone_dir(tmp_path, "llama")
+    cf = make_cf_dirs(tmp_path)
+    with pytest.raises(ValueError, match="hybrid regime"):
+        CollabLLM(backbone_path=str(backbone), template="head_next_item", regime="text", scorer="head")
+    with pytest.raises(ValueError, match="eval_generation"):
+        CollabLLM(backbone_path=str(backbone), template="head_next_item", regime="joint", scorer="head",
+                  cf_model_path=str(cf["sasrec"]), eval_generation=True)
