@@ -8,13 +8,22 @@
     collab-llm main                        the quick next-item comparison on MovieLens-100K + SmolLM2
 
 Heavy imports happen inside each subcommand so that ``--help`` answers at once.
+
+User errors (:class:`collab_llm.errors.UserError`, e.g. a bad input file or an unsafe output folder,
+and ``FileNotFoundError``) print one line ``collab-llm: error: ...`` on stderr and exit with code 2;
+the traceback is shown only with the global ``--debug`` flag (``collab-llm --debug prepare ...``) or
+``COLLAB_LLM_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import Sequence
+
+from collab_llm.errors import USER_ERROR_EXIT, UserError
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -36,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of user errors (also: COLLAB_LLM_DEBUG=1); they exit with code 2 either way")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     a = sub.add_parser("assets", help="fetch MovieLens-100K/1M and SmolLM2-135M into the cache")
     a.add_argument("--cache", default=None, help="cache folder (default: $COLLAB_LLM_CACHE or ~/.cache/collab_llm)")
@@ -50,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("COLLAB_LLM_DEBUG", "").strip() not in ("", "0")
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
+    try:
+        return _dispatch(argv)
+    except (UserError, FileNotFoundError) as error:
+        if debug:
+            traceback.print_exc()
+        message = str(error).replace("\r", " ").replace("\n", " ").strip() or type(error).__name__
+        print(f"collab-llm: error: {message}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()

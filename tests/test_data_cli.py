@@ -8,6 +8,7 @@ import pytest
 
 from collab_llm.data import load_split
 from collab_llm.data.cli import main
+from collab_llm.errors import UserError
 
 
 def test_prepare_cli_on_own_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,5 +26,5 @@ def test_prepare_cli_on_own_files(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert split.manifest["seed"] == 4 and split.n_users == 4 and split.n_items == 8
     assert split.manifest["tables"]["test"] == 4 and split.manifest["tables"]["train"] == 4 * 2
     assert split.items["title"].tolist() == [f"Film {i}" for i in (1, 3, 4, 5, 6, 7, 8, 9)]
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match=r"inter\.csv: --items is required with --interactions"):
         main(["--interactions", str(tmp_path / "inter.csv"), "--protocol", "loo", "--out", str(tmp_path / "x")])

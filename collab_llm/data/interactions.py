@@ -18,6 +18,7 @@ from collab_llm.data.validation import (
     SourceTable,
     ValidationOptions,
     check_missing,
+    check_no_placeholders,
     check_rating_range,
     check_unique_keys,
     require_columns,
@@ -96,8 +97,12 @@ def natural_order(raw_ids: pd.Series) -> np.ndarray:
     unique = pd.unique(raw_ids.astype(str)).astype(str)
     parts = pd.Series(unique).str.extract(r"^(.*?)(\d+)$")
     if parts[1].notna().all():
-        key = pd.DataFrame({"prefix": parts[0].to_numpy(), "number": parts[1].astype(np.int64).to_numpy(), "raw": unique})
-        return key.sort_values(["prefix", "number", "raw"], kind="stable")["raw"].to_numpy().astype(str)
+        # Compare the numbers as digit strings (length first, leading zeros stripped): exact for any length,
+        # so 30-digit ids never overflow an int64.
+        digits = parts[1].str.lstrip("0").replace("", "0")
+        key = pd.DataFrame({"prefix": parts[0].to_numpy(), "n_digits": digits.str.len().to_numpy(),
+                            "digits": digits.to_numpy(), "raw": unique})
+        return key.sort_values(["prefix", "n_digits", "digits", "raw"], kind="stable")["raw"].to_numpy().astype(str)
     return np.sort(unique)
 
 
@@ -109,6 +114,7 @@ def build_interaction_data(
     options: ValidationOptions,
     source: str,
     source_sha256: str,
+    column_flags: bool = True,
 ) -> InteractionData:
     """Validate raw tables and map ids; the one place where every reader ends up.
 
@@ -117,22 +123,26 @@ def build_interaction_data(
         items: raw item metadata.
         columns / item_columns: where the fields are.
         options: what to do with fixable problems.
+        column_flags: name ``collab-llm prepare``'s column flags (``--user-col`` ...) when a column is missing
+            (False for the MovieLens readers, whose columns are fixed).
     Returns:
         InteractionData with ``n_users`` / ``n_items`` counting only users / items that have interactions
         (unless ``options.keep_items_without_interactions``).
     """
     require_rows(inter)
     require_rows(items)
-    require_columns(inter, [columns.user, columns.item, columns.rating, columns.timestamp])
-    require_columns(items, [item_columns.item, item_columns.title, *item_columns.text])
+    require_columns(inter, [columns.user, columns.item, columns.rating, columns.timestamp],
+                    "--user-col/--item-col/--rating-col/--timestamp-col" if column_flags else "")
+    require_columns(items, [item_columns.item, item_columns.title, *item_columns.text],
+                    "--item-id-col/--title-col/--text-cols" if column_flags else "")
 
     # --- item metadata -------------------------------------------------------------------------
-    check_missing(SourceTable(items.frame, items.path, items.row_label), [item_columns.item], "error")
-    items = SourceTable(items.frame.assign(**{item_columns.item: items.frame[item_columns.item].astype(str).str.strip()}),
-                        items.path, items.row_label)
+    check_missing(items, [item_columns.item], "error")
+    items = items.with_frame(items.frame.assign(**{item_columns.item: items.frame[item_columns.item].astype(str).str.strip()}))
     check_unique_keys(items, item_columns.item)
     all_item_ids = set(items.frame[item_columns.item])
-    items = check_missing(items, [item_columns.title], options.on_missing_titles)
+    items = check_missing(items, [item_columns.title], options.on_missing_titles, "--on-missing-titles drop")
+    check_no_placeholders(items, [item_columns.title, *item_columns.text])
     meta = items.frame
     untitled = all_item_ids - set(meta[item_columns.item])  # dropped for lack of a title (policy 'drop')
     titles = meta[item_columns.title].astype(str).str.strip()
@@ -144,12 +154,12 @@ def build_interaction_data(
             options.on_duplicate_titles,
             f"{items.path}: column {item_columns.title!r}: {int(dup_titles.sum())} items share a title with another "
             f"item, e.g. {show(example)} for items {[str(i) for i in ids]}; prompts cannot tell them apart "
-            "(ValidationOptions.on_duplicate_titles chooses 'error', 'warn' or 'ignore'; "
-            "the MovieLens readers' title_with_year=True disambiguates most)",
+            "(--on-duplicate-titles chooses error, warn or ignore; for MovieLens --title-with-year disambiguates most)",
         )
 
     # --- interactions --------------------------------------------------------------------------
-    inter = check_missing(inter, [columns.user, columns.item, columns.rating, columns.timestamp], options.on_missing_values)
+    inter = check_missing(inter, [columns.user, columns.item, columns.rating, columns.timestamp], options.on_missing_values,
+                          "--on-missing-values drop")
     frame = inter.frame
     ratings = to_numeric(inter, columns.rating, "a number (rating)")
     check_rating_range(inter, ratings, columns.rating, options.rating_range)
@@ -178,14 +188,14 @@ def build_interaction_data(
         message = (
             f"{inter.where(raw.index[bad[0]])}: column {columns.item!r} value {show(raw['raw_item'].iloc[bad[0]])} has no row "
             f"in the item file {items.path}; {len(bad)} interaction(s) on "
-            f"{raw.loc[~known, 'raw_item'].nunique()} unknown item(s) (set ValidationOptions.on_unknown_items='drop' to drop them)"
+            f"{raw.loc[~known, 'raw_item'].nunique()} unknown item(s) (pass --on-unknown-items drop to drop them)"
         )
         if options.on_unknown_items == "error":
             raise DataValidationError(message)
         warnings.warn(f"dropping rows: {message}", stacklevel=2)
         raw = raw.loc[known.to_numpy()]
     if len(raw) == 0:
-        raise DataValidationError(f"{inter.path}: no interactions left after validation")
+        raise DataValidationError(f"{inter.path}: no interactions left after dropping rows (see the warnings above)")
 
     # --- id maps ---------------------------------------------------------------------------------
     user_raw = natural_order(raw["raw_user"])
@@ -214,7 +224,7 @@ def build_interaction_data(
             f"{inter.where(first.name)}: user {str(user_raw[int(first['user']) - 1])!r} interacts with item "
             f"{str(item_raw[int(first['item']) - 1])!r} more than once (columns {columns.user!r}, {columns.item!r}); "
             f"{int(dup.sum())} duplicate row(s) "
-            "(set ValidationOptions.on_duplicates='drop' to keep the latest, or 'keep' to keep all)"
+            "(pass --on-duplicates drop to keep the latest, or --on-duplicates keep to keep all)"
         )
         if options.on_duplicates == "error":
             raise DataValidationError(message)

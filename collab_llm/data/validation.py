@@ -1,24 +1,40 @@
 """Validation of raw interaction / item tables, with errors a user can act on.
 
-Every check names the file, the column, and a row (``line N`` for delimited text files, counting the
-header as line 1; ``row N`` for Parquet, 0-based) or an example value. Where a user may reasonably
-prefer to drop the offending rows and go on, :class:`ValidationOptions` makes that an explicit choice
-(default: fail); dropped rows are reported with :func:`warnings.warn`.
+Every check names the file, the column, and a row (``line N`` for delimited text files: the physical
+1-based line of the file, the header being line 1; ``row N`` for Parquet, 0-based) or an example value.
+Where a user may reasonably prefer to drop the offending rows and go on, :class:`ValidationOptions`
+makes that an explicit choice (default: fail; the message names the ``collab-llm prepare`` flag);
+dropped rows are reported with :func:`warnings.warn`. Errors are :class:`DataValidationError`, a
+:class:`~collab_llm.errors.UserError`.
+
+Rejected whatever the options: timestamps outside ``0 .. MAX_TIMESTAMP`` (year 2200) and titles / text
+columns containing a prompt placeholder (:data:`collab_llm.prompts.ALL_PLACEHOLDERS`, e.g.
+``[HistoryEmb]``). In a user's CSV / Parquet files, identifier and title cells that are pandas'
+missing-value markers (``'None'``, ``'nan'``, ``'NULL'``, ...: :data:`MISSING_MARKERS`) count as missing
+and are named as such (RecBole atomic files are taken verbatim: a movie may be called "None").
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from collab_llm.errors import UserError
+from collab_llm.prompts import ALL_PLACEHOLDERS
 
-class DataValidationError(ValueError):
+MAX_TIMESTAMP = 7258118400  # 2200-01-01T00:00:00Z in unix seconds: later (or negative) timestamps are refused
+# pandas' default missing-value markers (lower case): a text cell that reads as one of them is missing
+MISSING_MARKERS = frozenset({"#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan",
+                             "<na>", "n/a", "na", "null", "nan", "none"})
+
+
+class DataValidationError(UserError):
     """Raw data that violates the input contract; the message names file, column and row."""
 
 
@@ -62,11 +78,24 @@ class SourceTable:
     frame: pd.DataFrame
     path: str
     row_label: Literal["line", "row"]
+    line_of: Callable[[int], int] | None = field(default=None, compare=False, repr=False)
+    markers_missing: bool = True  # text cells such as 'None' / 'nan' count as missing (False: RecBole files, verbatim)
 
     def where(self, index: int) -> str:
-        """Human position of frame row ``index``, e.g. ``"ml-100k.inter line 5"``."""
-        number = int(index) + 2 if self.row_label == "line" else int(index)
+        """Human position of frame row ``index``, e.g. ``"ml-100k.inter line 5"``.
+
+        ``line_of`` (set by the text readers) maps a data row to its physical line, so blank lines and
+        quoted line breaks are counted; without it ``line = index + 2``.
+        """
+        if self.row_label == "line":
+            number = self.line_of(int(index)) if self.line_of is not None else int(index) + 2
+        else:
+            number = int(index)
         return f"{self.path} {self.row_label} {number}"
+
+    def with_frame(self, frame: pd.DataFrame) -> "SourceTable":
+        """The same source with other cells (rows keep their original index, so positions stay right)."""
+        return replace(self, frame=frame)
 
 
 def show(value: object) -> str:
@@ -77,32 +106,36 @@ def show(value: object) -> str:
 
 
 def _fail_or_drop(
-    table: SourceTable, bad: np.ndarray, policy: str, problem: str, column: str, expected: str
+    table: SourceTable, bad: np.ndarray, policy: str, problem: str, column: str, expected: str, flag: str | None = None
 ) -> pd.DataFrame:
-    """Raise (policy 'error') or drop the rows flagged in boolean ``bad`` with a warning."""
+    """Raise (policy 'error') or drop the rows flagged in boolean ``bad`` with a warning.
+    ``flag`` (e.g. ``"--on-missing-values drop"``) is named in the error as the way to drop instead."""
     frame = table.frame
     if not bad.any():
         return frame
     first = int(np.flatnonzero(bad)[0])
     example = frame.iloc[first][column]
+    if problem == "is empty" and isinstance(example, str) and example.strip():
+        problem = "holds a missing-value marker"
     message = (
         f"{table.where(frame.index[first])}: column {column!r} {problem} (value {show(example)}; expected {expected}); "
         f"{int(bad.sum())} row(s) affected"
     )
+    if policy == "error" and flag:
+        message += f" (pass {flag} to drop them)"
     if policy == "error":
         raise DataValidationError(message)
     warnings.warn(f"dropping rows: {message}", stacklevel=3)
     return frame.loc[~bad]
 
 
-def require_columns(table: SourceTable, columns: list[str]) -> None:
-    """Fail unless every name in ``columns`` is a column of the table."""
+def require_columns(table: SourceTable, columns: list[str], flags: str = "") -> None:
+    """Fail unless every name in ``columns`` is a column of the table; ``flags`` names the options that
+    choose the column names (e.g. ``"--user-col/--item-col"``)."""
     missing = [c for c in columns if c not in table.frame.columns]
     if missing:
-        raise DataValidationError(
-            f"{table.path}: missing column(s) {missing}; found {list(table.frame.columns)}. "
-            "Pass the right column names (e.g. InteractionColumns(user=..., item=...))."
-        )
+        hint = f"; pass the right names with {flags}" if flags else ""
+        raise DataValidationError(f"{table.path}: missing column(s) {missing}; found {list(table.frame.columns)}{hint}")
 
 
 def require_rows(table: SourceTable) -> None:
@@ -111,29 +144,46 @@ def require_rows(table: SourceTable) -> None:
         raise DataValidationError(f"{table.path}: the file has no data rows (expected at least one)")
 
 
-def _is_missing(values: pd.Series) -> np.ndarray:
-    """NaN / None cells, and text cells that are empty after stripping whitespace. Shape ``[N]``."""
+def _is_missing(values: pd.Series, markers: bool = True) -> np.ndarray:
+    """NaN / None cells, and text cells that are empty after stripping whitespace (or, with ``markers``,
+    one of :data:`MISSING_MARKERS`). Shape ``[N]``."""
+    marker_set = MISSING_MARKERS if markers else frozenset()
     if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
         try:
             arr = pa.array(values, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed objects: fall back to pandas
             text = values.astype("string")
-            return (text.isna() | (text.str.strip() == "")).to_numpy(dtype=bool)
+            stripped = text.str.strip()
+            return (text.isna() | (stripped == "") | stripped.str.lower().isin(marker_set)).fillna(True).to_numpy(dtype=bool)
         if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-            empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0)
+            trimmed = pc.utf8_lower(pc.utf8_trim_whitespace(arr))
+            empty = pc.or_(pc.equal(pc.utf8_length(trimmed), 0),
+                           pc.is_in(trimmed, value_set=pa.array(sorted(marker_set), pa.string())))
             return pc.or_kleene(pc.is_null(arr), pc.fill_null(empty, True)).to_numpy(zero_copy_only=False)
         return pc.is_null(arr, nan_is_null=True).to_numpy(zero_copy_only=False)
     return values.isna().to_numpy(dtype=bool)
 
 
-def check_missing(table: SourceTable, columns: list[str], policy: str) -> SourceTable:
-    """Empty / NaN cells in ``columns``: fail or drop by ``policy``."""
+def check_missing(table: SourceTable, columns: list[str], policy: str, flag: str | None = None) -> SourceTable:
+    """Empty / NaN cells (or missing-value markers such as ``'None'``) in ``columns``: fail or drop by ``policy``."""
     for column in columns:
-        bad = _is_missing(table.frame[column])
-        table = SourceTable(
-            _fail_or_drop(table, bad, policy, "is empty", column, "a value in every row"), table.path, table.row_label
-        )
+        bad = _is_missing(table.frame[column], table.markers_missing)
+        table = table.with_frame(_fail_or_drop(table, bad, policy, "is empty", column, "a value in every row", flag))
     return table
+
+
+def check_no_placeholders(table: SourceTable, columns: list[str]) -> None:
+    """Fail on text cells that contain a prompt placeholder (they would be overwritten by embeddings)."""
+    for column in columns:
+        text = table.frame[column].astype(str)
+        for token in ALL_PLACEHOLDERS:
+            bad = text.str.contains(token, regex=False).to_numpy(dtype=bool)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                raise DataValidationError(
+                    f"{table.where(table.frame.index[first])}: column {column!r} value {show(text.iloc[first])} contains "
+                    f"the prompt placeholder {token!r} (reserved for injected embeddings); {int(bad.sum())} such row(s); "
+                    "edit these cells")
 
 
 def to_numeric(table: SourceTable, column: str, what: str) -> pd.Series:
@@ -165,14 +215,23 @@ def to_unix_seconds(table: SourceTable, column: str) -> pd.Series:
     raw = table.frame[column]
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         ts = raw.dt.tz_convert("UTC") if getattr(raw.dt, "tz", None) is not None else raw
-        return pd.Series(
-            ts.to_numpy(dtype="datetime64[s]").astype("int64"), index=raw.index, name=column
-        )
+        v = ts.to_numpy(dtype="datetime64[s]").astype("int64")
+        bad = (v < 0) | (v > MAX_TIMESTAMP)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataValidationError(
+                f"{table.where(table.frame.index[first])}: column {column!r} has value {raw.iloc[first]}; expected a "
+                f"time between 1970-01-01 and 2200-01-01; {int(bad.sum())} such row(s)")
+        return pd.Series(v, index=raw.index, name=column)
     values = to_numeric(table, column, "a number (unix seconds)")
     v = values.to_numpy()
     frac = v != np.floor(v)
     negative = v < 0
-    for bad, expected in ((frac, "whole seconds"), (negative, "seconds since 1970 (>= 0)")):
+    too_late = v > MAX_TIMESTAMP
+    for bad, expected in ((negative, "seconds since 1970 (>= 0)"),
+                          (too_late, f"unix seconds up to {MAX_TIMESTAMP} (2200-01-01); milliseconds or another unit "
+                                     "must be converted to seconds"),
+                          (frac, "whole seconds")):
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise DataValidationError(

@@ -5,10 +5,15 @@ Folder layout (docs/DESIGN.md): ``items.parquet``, ``users.parquet``, ``interact
 with ``protocol``, ``source``, ``source_sha256``, ``seed``, ``filters``, ``tables`` (rows per table),
 ``n_users``, ``n_items`` and protocol-specific ``stats``. The folder is built in a temporary sibling
 and renamed (:func:`collab_llm.io.atomic_dir`), so a half-written split never exists.
+
+An existing folder is replaced only when it is a split folder this module wrote (:func:`foreign_content`
+finds nothing else in it); anything else is refused with :class:`~collab_llm.errors.UserError`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -19,10 +24,65 @@ import pyarrow.parquet as pq
 import collab_llm
 from collab_llm.data.interactions import InteractionData
 from collab_llm.data.ragged import Ragged
+from collab_llm.errors import UserError
 from collab_llm.io import atomic_dir, write_json
 
 SPLITS = ("train", "valid", "test", "unused")
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("protocol", "source", "source_sha256", "tables")
+EXTRA_FILES = ("planted.json",)  # written next to the tables by `collab-llm prepare --dataset planted`
+
+
+def read_split_manifest(folder: str | Path) -> dict | None:
+    """The manifest of a split folder written by :func:`write_split`, or None if ``folder`` is not one."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or any(k not in manifest for k in MANIFEST_KEYS):
+        return None
+    if not isinstance(manifest["tables"], dict):
+        return None
+    return manifest
+
+
+def foreign_content(folder: str | Path) -> str | None:
+    """Why ``folder`` is not a split folder that :func:`write_split` may replace, or None if it may.
+
+    A missing or empty folder may be replaced. Otherwise it must hold a split ``manifest.json`` (with
+    ``protocol``, ``source``, ``source_sha256``, ``tables``) and nothing but the files that manifest lists
+    (``<table>.parquet``, ``manifest.json``, ``planted.json``).
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        return "is a symbolic link"
+    if os.path.lexists(folder) and not folder.is_dir():
+        return "is an existing file, not a folder"
+    if not folder.exists():
+        return None
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return None
+    manifest = read_split_manifest(folder)
+    if manifest is None:
+        return f"is a non-empty folder without a split manifest.json (it holds {entries[:3]}{' ...' if len(entries) > 3 else ''})"
+    allowed = {MANIFEST, *EXTRA_FILES, *(f"{name}.parquet" for name in manifest["tables"])}
+    unknown = [e for e in entries if e not in allowed or not (folder / e).is_file() or (folder / e).is_symlink()]
+    if unknown:
+        return f"is a split folder that also holds files prepare did not write ({unknown[:3]})"
+    return None
+
+
+def require_examples(protocol: str, source: str, counts: Mapping[str, int], why: str) -> None:
+    """Refuse to write a split whose train / valid / test example tables (``counts``: rows per table) are
+    empty; ``why`` names the protocol's threshold and how many users / rows meet it."""
+    empty = [name for name in ("train", "valid", "test") if name in counts and int(counts[name]) == 0]
+    if empty:
+        raise UserError(f"protocol {protocol} on {source} gives no {'/'.join(empty)} examples ({why}); nothing written "
+                        "(use more data or another --protocol)")
 
 
 def make_table(columns: Mapping[str, np.ndarray | Ragged]) -> pa.Table:
@@ -58,7 +118,8 @@ def write_split(
     """Write a prepared split folder atomically and return its path.
 
     Args:
-        out: target folder (replaced if it exists, only once the new one is complete).
+        out: target folder (replaced if it exists, only once the new one is complete, and only if it is a
+            split folder written here: see :func:`foreign_content`; anything else raises ``UserError``).
         data: the id-mapped data (its items / users / interactions tables are written).
         split: ``[len(data.interactions)]`` strings in :data:`SPLITS`, aligned with ``data.interactions``.
         tables: protocol tables by name (``"train"`` -> ``train.parquet``).
@@ -102,7 +163,10 @@ def write_split(
         "stats": dict(stats),
         "collab_llm_version": collab_llm.__version__,
     }
-    with atomic_dir(out) as tmp:
+    problem = foreign_content(out)
+    if problem is not None:
+        raise UserError(f"{out}: {problem}; refusing to replace it (choose another --out)")
+    with atomic_dir(out, may_replace=lambda p: foreign_content(p) is None) as tmp:
         for name, table in all_tables.items():
             pq.write_table(table, tmp / f"{name}.parquet")
         write_json(tmp / MANIFEST, manifest)

@@ -41,8 +41,9 @@ import pandas as pd
 import pyarrow as pa
 
 from collab_llm.data.interactions import InteractionData
+from collab_llm.errors import UserError
 from collab_llm.data.ragged import Ragged, group_starts
-from collab_llm.data.writing import make_table, table_stats, write_split
+from collab_llm.data.writing import make_table, require_examples, table_stats, write_split
 
 
 def month_slots(timestamps: np.ndarray, origin_year: int = 2000, origin_month: int = 4) -> np.ndarray:
@@ -84,13 +85,14 @@ def _warm(rows: np.ndarray, users: np.ndarray, items: np.ndarray, train_rows: np
     return np.isin(users[rows], np.unique(users[train_rows])) & np.isin(items[rows], np.unique(items[train_rows]))
 
 
-def few_shot_tables(pool: pa.Table, shots: tuple[int, ...], seed: int) -> dict[str, pa.Table]:
+def few_shot_tables(pool: pa.Table, shots: tuple[int, ...], seed: int, protocol: str = "yesno") -> dict[str, pa.Table]:
     """``train_k`` tables: the first ``k`` rows of one seeded permutation of ``pool`` (nested sets), in pool order."""
     permutation = np.random.default_rng(seed).permutation(pool.num_rows)
     out = {}
     for k in shots:
         if not 0 < k <= pool.num_rows:
-            raise ValueError(f"few-shot size {k} must be in 1..{pool.num_rows} (the training pool's rows)")
+            raise UserError(f"protocol {protocol}: few-shot size {k} must be in 1..{pool.num_rows} (the training pool's rows); "
+                            "use more data")
         out[f"train_{k}"] = pool.take(pa.array(np.sort(permutation[:k])))
     return out
 
@@ -132,11 +134,14 @@ def prepare_collm(
     history = last_before(users, stamps, items, labels == 1, history_len)
     cols = {"user": users, "item": items, "label": labels, "rating": ratings, "timestamp": stamps}
     rows_of = {name: np.flatnonzero(split == name) for name in ("train", "valid", "test")}
+    require_examples("collm", data.source, {name: len(rows) for name, rows in rows_of.items()},
+                     f"the {n_months}-month window ending {skip_last_months} month(s) before the last one is split "
+                     f"{train_months}/{valid_months}/{test_months} months; the data span {int(slots.max() - slots.min()) + 1} month(s)")
     tables = {
         name: _yesno_table(rows, cols, {"history": history}, _warm(rows, users, items, rows_of["train"]))
         for name, rows in rows_of.items()
     }
-    tables.update(few_shot_tables(tables["train"], shots, seed))
+    tables.update(few_shot_tables(tables["train"], shots, seed, "collm"))
     window = np.flatnonzero(split != "unused")
     stats = {name: table_stats(t) for name, t in tables.items()}
     stats["window"] = {"rows": len(window), "users": len(np.unique(users[window])), "items": len(np.unique(items[window])),
@@ -178,6 +183,10 @@ def prepare_tallrec(
     split[order[:n_train]] = "train"
     split[order[n_train : n_train + n_valid]] = "valid"
     split[order[n_train + n_valid :]] = "test"
+    require_examples("tallrec", data.source,
+                     {name: int(((split == name) & enough).sum()) for name in ("train", "valid", "test")},
+                     f"{len(order)} interactions split {n_train}/{n_valid}/{len(order) - n_train - n_valid} in time; "
+                     f"{int(enough.sum())} have at least {min_history} earlier item(s)")
     cutoffs = {"train_end_timestamp": int(stamps[order[n_train - 1]]), "valid_end_timestamp": int(stamps[order[n_train + n_valid - 1]])}
 
     cols = {"user": users, "item": items, "label": labels, "rating": ratings, "timestamp": stamps}
@@ -187,7 +196,7 @@ def prepare_tallrec(
         name: _yesno_table(rows, cols, lists, _warm(rows, users, items, rows_of["train"]))
         for name, rows in rows_of.items()
     }
-    tables.update(few_shot_tables(tables["train"], shots, seed))
+    tables.update(few_shot_tables(tables["train"], shots, seed, "tallrec"))
     stats = {name: table_stats(t) for name, t in tables.items()}
     stats.update(cutoffs)
     filters = {"label": f"rating > {like_above}", "ratios": list(ratios), "shots": list(shots),
