@@ -35,7 +35,13 @@ import torch
 
 from collab_llm.io import write_json
 from collab_llm.metrics import Estimate
-from collab_llm.report import load_records, markdown_table, write_report
+from collab_llm.report import (
+    differences_table,
+    load_records,
+    markdown_table,
+    paired_difference_records,
+    write_report,
+)
 
 Protocol = Literal["nextitem", "yesno"]
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +150,16 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
 
 
 # ---------------------------------------------------------------------------------------- records
+TEXT_BASELINE = "tallrec"  # every other run with per-row predictions gets a paired difference to it
+INTERVALS = ("Intervals: 95% bootstrap over test rows (AUC, UAUC: over users); paired differences to "
+             f"`{TEXT_BASELINE}` resample the same rows (Yes/No: users) for both methods.")
+
+
+def report_records(result_paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The runs' records plus their paired differences to :data:`TEXT_BASELINE` (from their predictions)."""
+    return load_records(result_paths) + paired_difference_records(result_paths, baseline=TEXT_BASELINE)
+
+
 def estimates_to_records(
     estimates: dict[str, Estimate | int], base: dict[str, Any], prefix: str = ""
 ) -> list[dict[str, Any]]:
@@ -432,17 +448,16 @@ class Comparison:
 
     def write(self) -> Path:
         results = [self.run_dir(m) / "result.json" for m in self.methods if (self.run_dir(m) / "result.json").exists()]
-        records = load_records(results)
+        records = report_records(results)
         curves = {}
         for m, path in zip(self.methods, results):
             curve = json.loads(path.read_text()).get("loss_curve") or []
             if curve:
                 curves[m] = [tuple(x) for x in curve]
         pre = (f"Protocol `{self.protocol}` ({self.spec.split_name}), profile `{self.profile.name}` "
-               f"({self.profile}), seed {self.seed}. Intervals: 95% bootstrap over test rows "
-               f"(UAUC: over users).")
+               f"({self.profile}), seed {self.seed}. {INTERVALS}")
         path = write_report(records, self.report_dir, curves, title=f"collab-llm: {self.protocol}", preamble=pre)
-        self.log("\n" + markdown_table(records))
+        self.log("\n" + markdown_table(records) + differences_table(records))
         self.log(f"[compare] report: {path}")
         return path
 
@@ -507,8 +522,8 @@ def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str)
     pre = "".join(
         f"- `{c.protocol}` ({c.spec.split_name}): profile `{c.profile.name}` ({c.profile}), seed {c.seed}.\n"
         for c in comparisons
-    ) + "\nIntervals: 95% bootstrap over test rows (UAUC: over users).\n"
-    return write_report(load_records(paths), out_dir, curves, title=title, preamble=pre)
+    ) + f"\n{INTERVALS}\n"
+    return write_report(report_records(paths), out_dir, curves, title=title, preamble=pre)
 
 
 def export_report(report_dir: Path, dest: Path) -> None:

@@ -3,12 +3,19 @@
 Conventions: a *rank* is the 0-based position of the target in a list sorted by descending score
 (rank 0 = the top). Ties are broken pessimistically: an item tied with the target counts as ranked
 above it, so a constant scorer never looks good.
+
+Intervals are 95% percentile bootstraps. The resampling unit is a test row, or a *cluster* of rows
+(``clusters=``, e.g. the user of each row) when rows are not independent: a drawn cluster brings all
+its rows along. Yes/No AUC is bootstrapped over users (a user's test rows share that user's
+tastes and history, so a row bootstrap would give too narrow intervals). A comparison of two methods
+on the same rows uses :func:`paired_difference`: one resample of rows (or users) serves both
+methods, so the interval is that of the *difference*, not of each method alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -133,34 +140,85 @@ class Estimate:
         return f"{self.value:.4f} [{self.ci_low:.4f}, {self.ci_high:.4f}]"
 
 
+def bootstrap_indices(
+    n_rows: int, n_resamples: int = 1000, seed: int = 0, clusters: Sequence | np.ndarray | None = None
+) -> Iterator[np.ndarray]:
+    """Index arrays of ``n_resamples`` bootstrap resamples of ``n_rows`` rows, from one seeded generator.
+
+    Args:
+        n_rows: number of rows ``N``.
+        n_resamples: number of resamples ``R``.
+        seed: seed of the one ``numpy`` generator all resamples are drawn from.
+        clusters: ``None`` (resample rows: each yield is ``(N,)`` draws with replacement), or ``(N,)``
+            cluster labels (e.g. the user of each row): each resample draws ``G`` clusters with
+            replacement out of the ``G`` distinct labels and yields the indices of all their rows
+            (length varies). Clusters are numbered in order of first appearance, so with one row per
+            cluster the resamples are exactly the row resamples of the same seed.
+
+    Yields:
+        ``R`` integer index arrays into the rows.
+    """
+    if n_rows <= 0:
+        raise ValueError("bootstrap needs at least one row")
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        for _ in range(n_resamples):
+            yield rng.integers(0, n_rows, size=n_rows)
+        return
+    c = np.asarray(clusters).ravel()
+    if c.size != n_rows:
+        raise ValueError(f"clusters has {c.size} labels for {n_rows} rows")
+    _, first, inverse = np.unique(c, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    group = rank[inverse.ravel()]  # cluster number of each row, numbered by first appearance
+    order = np.argsort(group, kind="stable")  # rows grouped by cluster, table order inside a cluster
+    counts = np.bincount(group, minlength=first.size)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    n_groups = first.size
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, n_groups, size=n_groups)
+        lens = counts[drawn]
+        # position inside the concatenation -> position in ``order``: start of its cluster + offset
+        offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        yield order[np.repeat(starts[drawn], lens) + offsets]
+
+
+def _percentiles(stats: list[float], alpha: float) -> tuple[float, float]:
+    if not stats:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _defined(statistic: Callable[[np.ndarray], float], idx: np.ndarray) -> float:
+    """``statistic(idx)``, or nan where it is undefined (raises ``ValueError`` or returns nan)."""
+    try:
+        return float(statistic(idx))
+    except ValueError:
+        return float("nan")
+
+
 def bootstrap(
     statistic: Callable[[np.ndarray], float],
     n_rows: int,
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    clusters: Sequence | np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(indices)`` over rows resampled with replacement.
 
     ``statistic`` receives an index array into the test rows. Resamples on which the statistic is
-    undefined (returns nan, e.g. AUC with one class) are skipped.
+    undefined (returns nan, e.g. AUC with one class) are skipped. With ``clusters`` (``(n_rows,)``
+    labels, e.g. users) whole clusters are resampled instead of rows (:func:`bootstrap_indices`).
     """
-    if n_rows <= 0:
-        raise ValueError("bootstrap needs at least one row")
-    rng = np.random.default_rng(seed)
     stats = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, n_rows, size=n_rows)
-        try:
-            v = statistic(idx)
-        except ValueError:
-            continue
+    for idx in bootstrap_indices(n_rows, n_resamples, seed, clusters):
+        v = _defined(statistic, idx)
         if not np.isnan(v):
             stats.append(v)
-    if not stats:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return _percentiles(stats, alpha)
 
 
 def mean_estimate(per_row: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> Estimate:
@@ -170,10 +228,21 @@ def mean_estimate(per_row: np.ndarray, n_resamples: int = 1000, seed: int = 0) -
     return Estimate(float(v.mean()), lo, hi, int(v.size))
 
 
-def auc_estimate(labels, scores, n_resamples: int = 1000, seed: int = 0) -> Estimate:
+def auc_estimate(
+    labels, scores, n_resamples: int = 1000, seed: int = 0, users: Sequence | np.ndarray | None = None
+) -> Estimate:
+    """AUC with its 95% bootstrap interval.
+
+    Args:
+        labels: ``(N,)`` 0/1 labels.
+        scores: ``(N,)`` scores, higher = more likely positive.
+        users: ``(N,)`` user of each row, or ``None``. Given, the bootstrap resamples *users* (all
+            rows of a drawn user come along), which is what the Yes/No report uses: one user's test
+            rows are correlated. ``None`` resamples rows.
+    """
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
-    lo, hi = bootstrap(lambda idx: auc(y[idx], s[idx]), y.size, n_resamples, seed)
+    lo, hi = bootstrap(lambda idx: auc(y[idx], s[idx]), y.size, n_resamples, seed, clusters=users)
     return Estimate(auc(y, s), lo, hi, int(y.size))
 
 
@@ -194,3 +263,83 @@ def uauc_estimate(users, labels, scores, n_resamples: int = 1000, seed: int = 0)
         return Estimate(float("nan"), float("nan"), float("nan"), 0), 0
     lo, hi = bootstrap(lambda idx: float(pu[idx].mean()), pu.size, n_resamples, seed)
     return Estimate(value, lo, hi, int(y.size)), n_users
+
+
+Statistic = Callable[[np.ndarray], float]
+
+
+def paired_difference(
+    a: Statistic | Sequence[float] | np.ndarray,
+    b: Statistic | Sequence[float] | np.ndarray,
+    n_rows: int | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    clusters: Sequence | np.ndarray | None = None,
+) -> Estimate:
+    """Difference ``metric(a) - metric(b)`` of two methods scored on the SAME rows, with a paired interval.
+
+    Each resample draws one index array (rows, or whole clusters with ``clusters``) from one seeded
+    generator and evaluates *both* methods on it, so the interval is the percentile interval of the
+    resampled differences: row-to-row variation common to both methods cancels out.
+
+    Args:
+        a, b: each either a ``(N,)`` array of per-row values aligned by row (e.g. HR@1 hits or NDCG@10
+            terms; the metric is their mean), or a statistic ``f(idx) -> float`` of an index array
+            ``idx`` into the ``N`` rows (e.g. ``lambda idx: auc(labels[idx], scores_a[idx])``).
+        n_rows: ``N``; needed when both ``a`` and ``b`` are statistics, else checked against the arrays.
+        n_resamples: bootstrap resamples ``R``.
+        seed: seed of the one generator (:func:`bootstrap_indices`).
+        alpha: ``0.05`` gives the 95% interval.
+        clusters: ``(N,)`` cluster labels (e.g. users) to resample clusters instead of rows, or ``None``.
+
+    Returns:
+        :class:`Estimate` with ``value = metric(a) - metric(b)`` on all rows, the interval of the
+        resampled differences (resamples where either metric is undefined are skipped) and ``n = N``.
+        Two identical methods give exactly 0 with a zero-width interval.
+    """
+    sizes = {np.asarray(x).size for x in (a, b) if not callable(x)}
+    if n_rows is not None:
+        sizes.add(int(n_rows))
+    if len(sizes) != 1:
+        raise ValueError(f"paired_difference needs both methods on the same rows; got sizes {sorted(sizes)}"
+                         if sizes else "paired_difference needs n_rows when both methods are statistics")
+    n = sizes.pop()
+
+    def as_statistic(x: Statistic | Sequence[float] | np.ndarray) -> Statistic:
+        if callable(x):
+            return x
+        v = np.asarray(x, dtype=np.float64).ravel()
+        return lambda idx: float(v[idx].mean())
+
+    fa, fb = as_statistic(a), as_statistic(b)
+    everything = np.arange(n)
+    value = _defined(fa, everything) - _defined(fb, everything)
+    diffs = []
+    for idx in bootstrap_indices(n, n_resamples, seed, clusters):
+        d = _defined(fa, idx) - _defined(fb, idx)
+        if not np.isnan(d):
+            diffs.append(d)
+    lo, hi = _percentiles(diffs, alpha)
+    return Estimate(float(value), lo, hi, int(n))
+
+
+def paired_auc_difference(
+    labels, scores_a, scores_b, users: Sequence | np.ndarray | None = None, n_resamples: int = 1000,
+    seed: int = 0, alpha: float = 0.05,
+) -> Estimate:
+    """``AUC(scores_a) - AUC(scores_b)`` on the same ``(N,)`` labelled rows, paired bootstrap interval.
+
+    Args:
+        labels: ``(N,)`` 0/1 labels (shared by both methods).
+        scores_a, scores_b: ``(N,)`` scores of the two methods, aligned by row.
+        users: ``(N,)`` user of each row: resample users (all rows of a drawn user), as the Yes/No
+            report does; ``None`` resamples rows.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    sa = np.asarray(scores_a, dtype=np.float64).ravel()
+    sb = np.asarray(scores_b, dtype=np.float64).ravel()
+    if not (y.shape == sa.shape == sb.shape):
+        raise ValueError(f"labels {y.shape}, scores_a {sa.shape} and scores_b {sb.shape} must have the same length")
+    return paired_difference(lambda idx: auc(y[idx], sa[idx]), lambda idx: auc(y[idx], sb[idx]), n_rows=y.size,
+                             n_resamples=n_resamples, seed=seed, alpha=alpha, clusters=users)

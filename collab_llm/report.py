@@ -7,6 +7,12 @@ A *record* is one metric of one run::
      "trainable_params": 1234567, "subset": "all", "command": "...", "config": "..."}
 
 ``subset`` is ``all``, ``warm`` or ``cold`` (Yes/No protocol).
+
+*Paired difference* records (:func:`paired_difference_records`) compare an LLM method with its
+protocol's text-only baseline (TALLRec) on the same test rows: metric ``diff_vs_tallrec_hr@1`` (and
+``_ndcg@10``; Yes/No: ``_auc``), value = method - baseline, with the 95% paired bootstrap interval
+(one resample of rows -- Yes/No: of users -- serves both methods). They are computed from the runs'
+``predictions_test.parquet`` files and shown in their own table of ``results.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import io
 import json
 import math
 import re
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -24,6 +31,12 @@ from collab_llm.io import atomic_file, write_json
 
 REQUIRED_KEYS = ("protocol", "method", "metric", "value", "ci_low", "ci_high", "n_test", "train_s", "eval_s")
 CSV_COLUMNS = (*REQUIRED_KEYS, "subset", "trainable_params", "command", "config")
+DIFF_PREFIX = "diff_vs_"
+
+
+def is_difference(record: Mapping) -> bool:
+    """Whether a record is a paired difference between two methods (not a metric of one method)."""
+    return str(record["metric"]).startswith(DIFF_PREFIX)
 
 
 def _check(records: Sequence[Mapping]) -> None:
@@ -38,11 +51,16 @@ def _fmt(x: float) -> str:
 
 
 def markdown_table(records: Sequence[Mapping]) -> str:
-    """One row per (protocol, method, subset), one column per metric: ``value [low, high]``."""
+    """One row per (protocol, method, subset), one column per metric: ``value [low, high]``.
+
+    Paired-difference records are left out (see :func:`differences_table`).
+    """
     _check(records)
     metrics: list[str] = []
     rows: dict[tuple, dict] = {}
     for r in records:
+        if is_difference(r):
+            continue
         if r["metric"] not in metrics:
             metrics.append(r["metric"])
         key = (r["protocol"], r["method"], r.get("subset", "all"))
@@ -59,6 +77,105 @@ def markdown_table(records: Sequence[Mapping]) -> str:
                  f"{params:,}" if isinstance(params, int) else "-", f"{row['train_s']:.0f}", f"{row['eval_s']:.0f}"]
         out.write("| " + " | ".join(cells) + " |\n")
     return out.getvalue()
+
+
+def differences_table(records: Sequence[Mapping]) -> str:
+    """The paired-difference records as a Markdown table ("" if there are none).
+
+    One row per (protocol, method, subset), one column per compared metric: ``diff [low, high]``
+    (method minus baseline; an interval excluding 0 is a difference the test rows resolve).
+    """
+    diffs = [r for r in records if is_difference(r)]
+    if not diffs:
+        return ""
+    metrics: list[str] = []
+    rows: dict[tuple, dict] = {}
+    for r in diffs:
+        metric = r["metric"][len(DIFF_PREFIX):]
+        if r.get("baseline") and metric.startswith(f"{r['baseline']}_"):
+            metric = metric[len(r["baseline"]) + 1:]
+        if metric not in metrics:
+            metrics.append(metric)
+        key = (r["protocol"], r["method"], r.get("subset", "all"))
+        row = rows.setdefault(key, {"n_test": r["n_test"], "unit": r.get("resampled", "rows")})
+        row[metric] = f"{_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+    head = ["protocol", "method", "subset", *[f"{m} diff" for m in metrics], "n_test", "resampled"]
+    out = io.StringIO()
+    out.write("| " + " | ".join(head) + " |\n")
+    out.write("|" + "---|" * len(head) + "\n")
+    for (protocol, method, subset), row in rows.items():
+        cells = [protocol, method, subset, *[row.get(m, "") for m in metrics], str(row["n_test"]), row["unit"]]
+        out.write("| " + " | ".join(cells) + " |\n")
+    return out.getvalue()
+
+
+def _predictions_path(result_path: Path, data: Mapping) -> Path | None:
+    """A run's ``predictions_test.parquet``: the path its result names, else the newest under its run folder."""
+    named = data.get("predictions")
+    if named and Path(named).is_file():
+        return Path(named)
+    found = sorted(result_path.parent.glob("**/predictions_test.parquet"), key=lambda q: q.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def paired_difference_records(
+    results: Iterable[Path], baseline: str = "tallrec", n_resamples: int | None = None
+) -> list[dict]:
+    """Paired differences of every run to its protocol's ``baseline`` run, on the same test rows.
+
+    Args:
+        results: run ``result.json`` files (as written by ``collab-llm compare``); runs are grouped by
+            their records' ``protocol``. A run takes part only if its per-row predictions
+            (``predictions_test.parquet``, LLM runs) can be found, the baseline's too.
+        baseline: the method every other one is compared with (the text-only TALLRec).
+        n_resamples: bootstrap resamples (default: the run profile's ``n_bootstrap``, else 1000).
+
+    Returns:
+        Records (the module docstring's keys) with ``metric = "diff_vs_<baseline>_<m>"``, ``value``
+        = method - baseline, ``ci_low`` / ``ci_high`` = 95% paired bootstrap interval, ``baseline``,
+        ``resampled`` (``rows``; Yes/No AUC: ``users``), ``train_s = 0`` and ``eval_s`` = seconds spent
+        on the bootstrap. Next-item: HR@1 and NDCG@10 (rows resampled); Yes/No: AUC (users resampled,
+        :func:`collab_llm.scoring.paired_yes_no_differences`). Seed: the run's ``seed``.
+    """
+    import pandas as pd
+
+    from collab_llm import scoring
+
+    runs: dict[str, dict[str, tuple[Path, Mapping, Mapping]]] = defaultdict(dict)
+    for path in results:
+        path = Path(path)
+        data = json.loads(path.read_text())
+        recs = data.get("records") or []
+        preds = _predictions_path(path, data)
+        if recs and preds is not None:
+            runs[recs[0]["protocol"]][recs[0]["method"]] = (preds, recs[0], data)
+    out: list[dict] = []
+    for protocol, by_method in runs.items():
+        if baseline not in by_method:
+            continue
+        base_frame = pd.read_parquet(by_method[baseline][0])
+        for method, (preds, first, data) in by_method.items():
+            if method == baseline:
+                continue
+            frame = pd.read_parquet(preds)
+            n = n_resamples or int((data.get("profile") or {}).get("n_bootstrap") or 1000)
+            seed = int(first.get("seed", 0))
+            start = time.perf_counter()
+            if "scores" in frame and "target_index" in frame:
+                diffs, unit = scoring.paired_ranking_differences(frame, base_frame, n, seed), "rows"
+            elif "label" in frame and "score" in frame:
+                diffs, unit = scoring.paired_yes_no_differences(frame, base_frame, n, seed), "users"
+            else:
+                raise ValueError(f"{preds}: neither next-item (scores, target_index) nor Yes/No (label, score) predictions")
+            seconds = time.perf_counter() - start
+            for metric, est in diffs.items():
+                out.append({
+                    "protocol": protocol, "method": method, "metric": f"{DIFF_PREFIX}{baseline}_{metric}",
+                    "subset": "all", "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
+                    "n_test": est.n, "train_s": 0.0, "eval_s": seconds, "baseline": baseline, "resampled": unit,
+                    "seed": seed, "profile": first.get("profile"),
+                })
+    return out
 
 
 def write_report(
@@ -85,6 +202,13 @@ def write_report(
     if loss_curves:
         plots.append(plot_loss_curves(loss_curves, out / "loss_curves.png"))
     md = [f"# {title}\n", preamble, "\n", markdown_table(records), "\n"]
+    diffs = differences_table(records)
+    if diffs:
+        baselines = sorted({str(r.get("baseline", "?")) for r in records if is_difference(r)})
+        md += [f"## Paired differences vs {', '.join(baselines)}\n\n",
+               "Method minus baseline on the same test rows; 95% paired bootstrap interval (the same "
+               "resamples for both methods; Yes/No AUC: users resampled with all their rows).\n\n",
+               diffs, "\n"]
     md += [f"![{p.stem}]({p.name})\n" for p in plots]
     commands = {(r["method"], r.get("command")) for r in records if r.get("command")}
     if commands:

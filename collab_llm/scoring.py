@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -43,9 +43,14 @@ from collab_llm.metrics import (
     mean_estimate,
     mrr_per_row,
     ndcg_at_k_per_row,
+    paired_auc_difference,
+    paired_difference,
     target_ranks,
     uauc_estimate,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "check_left_padded",
@@ -62,6 +67,8 @@ __all__ = [
     "ranking_metrics",
     "generation_metrics",
     "yes_no_metrics",
+    "paired_ranking_differences",
+    "paired_yes_no_differences",
 ]
 
 
@@ -559,6 +566,10 @@ def yes_no_metrics(
     Keys: ``auc``, ``uauc``, ``uauc_users``; with ``warm`` also ``warm/...`` and ``cold/...`` for
     each subset that has rows. A subset holding one class only gets ``nan`` estimates (AUC is
     undefined there); the overall set must hold both classes (else ``ValueError``).
+
+    Intervals are clustered by user: AUC's (overall, warm, cold) bootstrap resamples *users* with
+    all their rows (:func:`collab_llm.metrics.auc_estimate` with ``users``), because one user's
+    test rows are correlated; UAUC's resamples users' per-user AUCs.
     """
     u = np.asarray(users)
     y = np.asarray(labels).astype(np.int64)
@@ -573,7 +584,7 @@ def yes_no_metrics(
             nan = Estimate(float("nan"), float("nan"), float("nan"), int(yy.size))
             out[prefix + "auc"], out[prefix + "uauc"], out[prefix + "uauc_users"] = nan, nan, 0
             return
-        out[prefix + "auc"] = auc_estimate(yy, ss, n_resamples, seed)
+        out[prefix + "auc"] = auc_estimate(yy, ss, n_resamples, seed, users=uu)
         est, n_users = uauc_estimate(uu, yy, ss, n_resamples, seed)
         out[prefix + "uauc"], out[prefix + "uauc_users"] = est, n_users
 
@@ -586,3 +597,64 @@ def yes_no_metrics(
             if m.any():
                 fill(name, m, strict=False)
     return out
+
+
+def _aligned(frame_a: pd.DataFrame, frame_b: pd.DataFrame, shared: Sequence[str]) -> pd.DataFrame:
+    """Inner join of two per-row prediction frames on ``row_index``; both must hold the same rows."""
+    ia, ib = set(frame_a["row_index"]), set(frame_b["row_index"])
+    if ia != ib or len(ia) != len(frame_a) or len(ib) != len(frame_b):
+        raise ValueError(
+            f"paired comparison needs the same rows in both prediction frames (row_index): {len(frame_a)} "
+            f"vs {len(frame_b)} rows, {len(ia ^ ib)} row indices in only one of them"
+        )
+    merged = frame_a.merge(frame_b, on="row_index", suffixes=("_a", "_b")).sort_values("row_index")
+    for col in shared:
+        if col in frame_a and col in frame_b and not (merged[f"{col}_a"] == merged[f"{col}_b"]).all():
+            raise ValueError(f"paired comparison: column {col!r} differs between the two frames on the same row_index")
+    return merged.reset_index(drop=True)
+
+
+def paired_ranking_differences(
+    frame_a: pd.DataFrame, frame_b: pd.DataFrame, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """Paired differences (a - b) of HR@1 and NDCG@10 between two next-item prediction frames.
+
+    Args:
+        frame_a, frame_b: per-row predictions (``predictions_test.parquet``) with columns
+            ``row_index``, ``scores`` (list of ``C`` candidate scores) and ``target_index``; the
+            same rows (``row_index``) in both, in any order.
+
+    Returns:
+        ``{"hr@1": Estimate, "ndcg@10": Estimate}`` of ``metric(a) - metric(b)`` with the 95%
+        paired bootstrap interval over rows (:func:`collab_llm.metrics.paired_difference`).
+    """
+    m = _aligned(frame_a, frame_b, ("target_index", "user"))
+    ranks = {}
+    for side in ("a", "b"):
+        scores = torch.tensor(np.stack(m[f"scores_{side}"].to_numpy()), dtype=torch.float32)
+        target = torch.tensor(m[f"target_index_{side}"].to_numpy(), dtype=torch.long)
+        ranks[side] = target_ranks(scores, target)
+    return {
+        "hr@1": paired_difference(hit_at_k_per_row(ranks["a"], 1), hit_at_k_per_row(ranks["b"], 1),
+                                  n_resamples=n_resamples, seed=seed),
+        "ndcg@10": paired_difference(ndcg_at_k_per_row(ranks["a"], 10), ndcg_at_k_per_row(ranks["b"], 10),
+                                     n_resamples=n_resamples, seed=seed),
+    }
+
+
+def paired_yes_no_differences(
+    frame_a: pd.DataFrame, frame_b: pd.DataFrame, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """Paired difference (a - b) of AUC between two Yes/No prediction frames, clustered by user.
+
+    Args:
+        frame_a, frame_b: per-row predictions with columns ``row_index``, ``user``, ``label`` and
+            ``score`` (P(Yes)); the same rows in both (labels and users must agree row by row).
+
+    Returns:
+        ``{"auc": Estimate}`` of ``AUC(a) - AUC(b)``; the bootstrap resamples users with all their
+        rows (:func:`collab_llm.metrics.paired_auc_difference`).
+    """
+    m = _aligned(frame_a, frame_b, ("label", "user"))
+    return {"auc": paired_auc_difference(m["label_a"].to_numpy(), m["score_a"].to_numpy(), m["score_b"].to_numpy(),
+                                         users=m["user_a"].to_numpy(), n_resamples=n_resamples, seed=seed)}
