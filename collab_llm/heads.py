@@ -98,14 +98,18 @@ class ItemScoringHead(nn.Module):
         """Yes/No: standardise from ``hidden (N, H)``, then fit ``query`` so that
         ``<query(z_i), key(e_i)>`` regresses ``2 * label_i - 1`` (ridge, in its dual form over the N
         rows: ``W = sum_i a_i key(e_i) z_i^T``, ``a = (K + ridge I)^-1 y`` with
-        ``K_ij = (z_i . z_j) (k_i . k_j)``); the query bias is set to 0."""
+        ``K_ij = (z_i . z_j) (k_i . k_j)``, the penalty ``ridge`` times the keys' mean squared norm);
+        the query bias is set to 0."""
         self.fit_standardization(hidden)
         z = self.standardize(hidden).double()
         k = self.key(items.float()).double()
         y = 2.0 * labels.double() - 1.0
         y = y - y.mean()
         kernel = (z @ z.T) * (k @ k.T)
-        a = torch.linalg.solve(kernel + ridge * torch.eye(len(y), dtype=kernel.dtype), y)
+        # the penalty in the units of the next-item fit: rescaled by the keys' mean squared norm, the
+        # kernel's diagonal relative to the standardised states' (z . z) alone
+        penalty = ridge * float((k * k).sum(1).mean())
+        a = torch.linalg.solve(kernel + penalty * torch.eye(len(y), dtype=kernel.dtype), y)
         w = (a[:, None] * k).T @ z  # (d, H)
         self.query.net.weight.copy_(w.to(self.query.net.weight.dtype))
         self.query.net.bias.zero_()

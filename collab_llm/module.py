@@ -118,6 +118,9 @@ class CollabLLM(L.LightningModule):
         head_init_rows: training rows of the alignment pass (the first rows of a ``seed`` shuffle;
             the same on every DDP rank).
         head_ridge: ridge penalty of the least-squares fit.
+        fine_tune: ``False`` (``scorer="head"`` only): the alignment pass is the whole training; the
+            training steps that follow do nothing (no forward, no update). The recipe chosen on the
+            planted validation rows (README, "Injection that learns").
         train_lora: ``False`` keeps the LoRA weights at their initialisation (``lora_B = 0``: the
             plain backbone); an ablation of the head recipe.
     """
@@ -157,6 +160,7 @@ class CollabLLM(L.LightningModule):
         head_init: Literal["none", "standardize", "least_squares"] = "least_squares",
         head_init_rows: int = 512,
         head_ridge: float = 100.0,
+        fine_tune: bool = True,
     ) -> None:
         super().__init__()
         # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
@@ -196,6 +200,8 @@ class CollabLLM(L.LightningModule):
             if eval_generation:
                 raise ValueError("scorer='head' scores items without generating text; set eval_generation: false")
         self.scorer: Scorer = scorer
+        if not fine_tune and scorer != "head":
+            raise ValueError("fine_tune=False leaves only the head's alignment pass: it needs scorer='head'")
 
         backbone = load_backbone(backbone_path, dtype)
         self.tokenizer = backbone.tokenizer
@@ -240,6 +246,7 @@ class CollabLLM(L.LightningModule):
             self.no_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_no, prefix=prefix)
 
         self.head: ItemScoringHead | None = None
+        self.head_init_stats: dict[str, float] = {}
         if scorer == "head":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 3)
@@ -327,6 +334,10 @@ class CollabLLM(L.LightningModule):
     def initialize_head(self, dataset: Any, collator: Any, batch_size: int = 8) -> dict[str, float]:
         """The alignment pass of ``head_init`` (see the class docstring) on ``head_init_rows`` rows of
         ``dataset`` (the first rows of a permutation seeded by ``seed``), collated by ``collator``."""
+        import time
+
+        t0 = time.perf_counter()
+        tokens = 0
         n = min(int(self.hparams.head_init_rows), len(dataset))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(self.hparams.seed) + 5))[:n]
         was_training = self.llm.training
@@ -339,6 +350,7 @@ class CollabLLM(L.LightningModule):
                 batch = self.transfer_batch_to_device(batch, self.device, 0) if self._trainer is not None else batch
                 view = self._view(batch, "hybrid")
                 embeds, mask = self.embed(view, prompt_only=True)
+                tokens += int(mask.sum())
                 self.before_llm_call(batch)
                 hidden.append(scoring.last_hidden_state(self.llm, embeds, mask).float().cpu())
                 if self.task == "next_item":
@@ -356,7 +368,8 @@ class CollabLLM(L.LightningModule):
             self.head.fit_least_squares(h, torch.cat(targets).to(where), float(self.hparams.head_ridge))
         else:
             self.head.fit_bilinear(h, torch.cat(items).to(where), torch.cat(labels).to(where), float(self.hparams.head_ridge))
-        return {"rows": float(n)}
+        self.head_init_stats = {"rows": float(n), "tokens": float(tokens), "seconds": time.perf_counter() - t0}
+        return self.head_init_stats
 
     def train_mode_at(self, step: int) -> Mode:
         """The prompt view used at global step ``step`` (deterministic in ``(seed, step)``)."""
@@ -447,7 +460,9 @@ class CollabLLM(L.LightningModule):
         scores = self.head_scores(batch, mode, "candidates")
         return torch.nn.functional.cross_entropy(scores, batch["target_index"].to(self.device))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if not self.hparams.fine_tune:
+            return None  # the head was fitted in closed form at train start: nothing left to update
         step = int(self.global_step)
         mode = self.train_mode_at(step)
         devices = [self.device] if self.device.type == "cuda" else []

@@ -93,6 +93,8 @@ def test_llara_test_subcommand_and_main(tmp_path, monkeypatch):
         ("gpu_bf16", "ml1m_collm", "collm_yes_no", "yes_no"),
         ("cpu", "ml100k_tallrec", "tallrec_yes_no", "yes_no"),
         ("cpu", "ml1m_collm", "tallrec_collm", "yes_no"),
+        ("cpu", "ml100k_loo", "head", "next_item"),
+        ("cpu", "ml1m_collm", "head_yes_no", "yes_no"),
     ],
 )
 def test_fragments_compose(tmp_path, monkeypatch, trainer_cfg, data_cfg, model_cfg, task):
@@ -105,7 +107,11 @@ def test_fragments_compose(tmp_path, monkeypatch, trainer_cfg, data_cfg, model_c
     if trainer_cfg == "gpu_bf16":
         args += ["--trainer.accelerator", "cpu"]  # the bf16 path, on CPU
     cli = build_cli(args)
+    fine_tune = load(paths[2])["model"].get("fine_tune", True)
     assert cli.trainer.global_step == 1
+    if not fine_tune:  # a closed-form head: fitted at train start, the LoRA never updated
+        assert int(cli.model.head.initialized) == 1
+        assert all(float(p.abs().max()) == 0.0 for n, p in cli.model.llm.named_parameters() if "lora_B" in n)
     assert cli.datamodule.task == task
     if trainer_cfg == "gpu_bf16":
         llm = cli.model.llm
