@@ -132,6 +132,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "tallrec": CONFIGS / "llm" / "model" / "tallrec.yaml",
             "llara": CONFIGS / "llm" / "model" / "llara.yaml",
             "ilora": CONFIGS / "llm" / "model" / "ilora.yaml",
+            # not a paper's: the item-scoring head fitted in closed form (README "Injection that learns")
+            "head": CONFIGS / "llm" / "model" / "head.yaml",
         },
     ),
     "yesno": ProtocolSpec(
@@ -142,6 +144,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec_collm.yaml",
             "collm": CONFIGS / "llm" / "model" / "collm_yes_no.yaml",
+            "head": CONFIGS / "llm" / "model" / "head_yes_no.yaml",
         },
         # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
         train_table="train_256",
@@ -334,14 +337,21 @@ class Comparison:
             args += ["--model.stage1_steps", str(max(1, p.llm_steps // 2))]
         if self.spec.train_table is not None:
             args += ["--data.train_table", self.spec.train_table]
+        if self.model_setting(method, "scorer") == "head":
+            # the head scores items without generating text; its alignment pass sees the budget's prompts
+            args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
         return args
 
     def regime(self, method: str) -> str:
         """The ``model.regime`` of a method's config fragment."""
+        return str(self.model_setting(method, "regime", "joint"))
+
+    def model_setting(self, method: str, key: str, default: Any = None) -> Any:
+        """A ``model`` setting of a method's config fragment (``default`` when it has none)."""
         import yaml
 
         model = yaml.safe_load(self.spec.llm_methods[method].read_text()).get("model") or {}
-        return (model.get("init_args") or model).get("regime", "joint")
+        return (model.get("init_args") or model).get(key, default)
 
     def base_record(self, method: str) -> dict[str, Any]:
         return {"protocol": f"{self.protocol}:{self.spec.split_name}", "method": method, "profile": self.profile.name,
@@ -396,7 +406,7 @@ class Comparison:
             scores = torch.tensor(np.stack(frame["scores"].to_numpy()), dtype=torch.float32)
             target = torch.tensor(frame["target_index"].to_numpy(), dtype=torch.long)
             records = estimates_to_records(scoring.ranking_metrics(scores, target, n_resamples=n), base)
-            if self.profile.generate:
+            if self.profile.generate and model.eval_generation:  # a head run generates no text
                 choices = [None if c is None or (isinstance(c, float) and math.isnan(c)) else int(c)
                            for c in frame["choice"]]
                 records += estimates_to_records(scoring.generation_metrics(choices, target, n_resamples=n), base,
@@ -415,12 +425,17 @@ class Comparison:
 
         llm = model.ilora_model() if hasattr(model, "ilora_model") else model.llm
         proj = model.injector.projector
+        roles = {"item": proj} if proj is not None else {}
+        if getattr(model, "head", None) is not None:
+            # the item-scoring head as two projectors (its standardisation folded into the query); the
+            # bundle records them, scoring a head bundle outside compare is not wired yet
+            roles.update(head_query=model.head.folded_query(), head_key=model.head.key)
         metrics = {r["metric"] if r.get("subset", "all") == "all" else f"{r['subset']}/{r['metric']}": float(r["value"])
                    for r in records}
         return save_bundle(
             self.run_dir(method) / "bundle", llm, base_model=self.backbone_path(), dtype=model.hparams.dtype,
             template=model.hparams.template, placeholder_ids=model.placeholder_ids,
-            projectors={"item": proj} if proj is not None else None, cf_model=model.injector.cf_model,
+            projectors=roles or None, cf_model=model.injector.cf_model,
             metrics=metrics, command=command, task=model.task,
         )
 

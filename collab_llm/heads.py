@@ -114,6 +114,17 @@ class ItemScoringHead(nn.Module):
         self.query.net.weight.copy_(w.to(self.query.net.weight.dtype))
         self.query.net.bias.zero_()
 
+    @torch.no_grad()
+    def folded_query(self) -> LinearProjector:
+        """``query`` with the standardisation folded in: one :class:`LinearProjector` ``H -> d`` equal to
+        ``query(standardize(h))`` (what a bundle saves as its ``head_query`` projector)."""
+        w = self.query.net.weight.double() / self.std.double()
+        b = self.query.net.bias.double() - w @ self.mean.double()
+        folded = LinearProjector(self.query.in_dim, self.query.out_dim)
+        folded.net.weight.copy_(w.float())
+        folded.net.bias.copy_(b.float())
+        return folded
+
     def forward(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         if hidden.dim() != 2:
             raise ValueError(f"ItemScoringHead: hidden must be (B, H), got {tuple(hidden.shape)}")

@@ -31,7 +31,7 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
     work, backbone = _work(tmp_path)
     report = tmp_path / "report"
     profile = replace(compare.PROFILES["smoke"], test_rows=4)
-    comp = compare.Comparison("nextitem", ["sasrec", "llara", "ilora"], profile, work, report, backbone=str(backbone))
+    comp = compare.Comparison("nextitem", ["sasrec", "llara", "ilora", "head"], profile, work, report, backbone=str(backbone))
     path = comp.run()
 
     assert path == report / "results.md"
@@ -39,7 +39,7 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
         assert (report / name).stat().st_size > 0, name
     assert list(report.glob("nextitem*hrat1.png")), "one plot per metric"
     records = json.loads((report / "results.json").read_text())
-    assert {r["method"] for r in records} == {"sasrec", "llara", "ilora"}
+    assert {r["method"] for r in records} == {"sasrec", "llara", "ilora", "head"}
     for r in records:
         assert all(k in r for k in REQUIRED_KEYS)
         assert r["ci_low"] <= r["value"] <= r["ci_high"]
@@ -48,6 +48,8 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
     assert ("llara", "hr@1") in metrics and ("llara", "ndcg@10") in metrics
     assert ("llara", "gen_hr@1") in metrics and ("llara", "gen_valid_ratio") in metrics
     assert ("sasrec", "hr@1") in metrics
+    assert ("head", "hr@1") in metrics and ("head", "gen_hr@1") not in metrics  # the head generates no text
+    assert (report / "runs" / "head" / "bundle" / "projectors" / "head_query").is_dir()
     bundle = report / "runs" / "ilora" / "bundle"
     assert (bundle / "bundle.json").exists() and (bundle / "README.md").exists()
     csv = pd.read_csv(report / "results.csv")
@@ -90,6 +92,17 @@ def test_yesno_llm_args_share_the_budget_and_few_shot_set(tmp_path):
         assert value(args, "--trainer.max_steps") == "10"
         assert value(args, "--data.train_table") == "train_256"
         assert (value(args, "--data.test_sample"), value(args, "--data.test_sample_seed")) == ("7", "3")
+
+
+def test_head_method_scores_without_generation_and_aligns_on_the_budget(tmp_path):
+    profile = replace(compare.PROFILES["smoke"], llm_steps=6, batch_size=4, generate=True)
+    for protocol in ("nextitem", "yesno"):
+        comp = compare.Comparison(protocol, ["head"], profile, tmp_path, tmp_path / "r", backbone="unused")
+        args = comp.llm_args("head")
+        last = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}  # the last value wins
+        assert last["--model.head_init_rows"] == "24"  # the same 24 training prompts as every method
+        assert last["--model.eval_generation"] == "false"
+        assert comp.model_setting("head", "scorer") == "head" and comp.regime("head") == "joint"
 
 
 def test_test_sample_is_the_rows_compare_scores(tmp_path):

@@ -53,6 +53,14 @@ def test_least_squares_fit_standardises_outliers_and_recovers_a_linear_map():
     assert torch.equal(again.standardize(h), head.standardize(h)) and int(again.initialized) == 1
 
 
+def test_folded_query_equals_standardise_then_query():
+    torch.manual_seed(0)
+    head = ItemScoringHead(hidden_size=6, item_dim=3)
+    h = torch.randn(50, 6) * torch.tensor([1.0, 2.0, 300.0, 0.5, 1.0, 4.0]) + 7.0
+    head.fit_least_squares(h, torch.randn(50, 3), ridge=1.0)
+    assert torch.allclose(head.folded_query()(h), head.query(head.standardize(h)), atol=1e-3)
+
+
 def test_bilinear_fit_separates_yes_from_no():
     torch.manual_seed(0)
     head = ItemScoringHead(hidden_size=8, item_dim=4)
