@@ -511,14 +511,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if token_rates:
         result["train_tok_s"] = round(float(np.mean(token_rates)), 1)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    result["command"] = "python bench/injection_learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.out:
-        from collab_llm.io import write_json
+    from collab_llm.io import emit_result
 
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.out), result)
-    print(json.dumps(result), flush=True)
-    return result
+    return emit_result(result, args.out, "python bench/injection_learning.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -145,13 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
     result["layers"] = per_layer
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    result["command"] = "python bench/injection_probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if a.out:
-        from collab_llm.io import write_json
+    from collab_llm.io import emit_result
 
-        write_json(Path(a.out), result)
-    print(json.dumps(result), flush=True)
-    return result
+    return emit_result(result, a.out, "python bench/injection_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":

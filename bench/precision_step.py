@@ -24,7 +24,6 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -155,12 +154,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[precision] best GEMM: fp32 {result['gemm_best_fp32'] / 1e9:.0f} GFLOP/s, bf16 {result['gemm_best_bf16'] / 1e9:.0f} "
           f"GFLOP/s | MFU llara fp32 {result['llara_mfu_fp32']:.2f} bf16 {result['llara_mfu_bf16']:.2f}, head fp32 "
           f"{result['head_mfu_fp32']:.2f} bf16 {result['head_mfu_bf16']:.2f}", flush=True)
-    if a.out:
-        from collab_llm.io import write_json
+    from collab_llm.io import emit_result
 
-        write_json(Path(a.out), result)
-    print(json.dumps(result), flush=True)
-    return result
+    return emit_result(result, a.out, "python bench/precision_step.py " + " ".join(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -132,3 +132,14 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
     with atomic_file(target) as handle:
         json.dump(obj, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+
+
+def emit_result(result: dict[str, Any], out: str | os.PathLike | None, command: str) -> dict[str, Any]:
+    """A bench's last step: record ``command`` in ``result``, write it to ``out`` as JSON (atomically;
+    skipped when ``out`` is None) and print it as the last line (one JSON object)."""
+    result["command"] = command
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, result)
+    print(json.dumps(result), flush=True)
+    return result

@@ -93,10 +93,12 @@ def render_injection(r: dict[str, Any]) -> str:
                           f"{_signed(r[f'{part}_diff_ndcg10'], r[f'{part}_diff_ndcg10_ci'])} (95% paired bootstrap)."]
         lines.append("")
     if "yesno_auc_mf" in r:
-        lines += ["**ML-1M Yes/No (CoLLM preset)**", "", "| method | AUC | train s |", "|---|---|---|"]
-        for name in [k[len("yesno_auc_"):] for k in r if k.startswith("yesno_auc_") and not k.endswith("_ci")]:
-            if name in ("hybrid",):
-                continue
+        lines += [f"**ML-1M Yes/No (CoLLM preset)**, {r.get('yesno_rows', '')} test rows of {r.get('yesno_users', '')} users "
+                  f"(AUC intervals: users resampled); the LLM methods train on the same prompts drawn from `train`", "",
+                  "| method | AUC | train s |", "|---|---|---|"]
+        found = [k[len("yesno_auc_"):] for k in r if k.startswith("yesno_auc_") and not k.endswith("_ci")]
+        ordered = [n for n in ("mf", "text") if n in found] + [n for n in found if n not in ("mf", "text", "hybrid")]
+        for name in ordered:
             label = _label(name)
             train = r.get(f"yesno_train_s_{name}")
             lines.append(f"| {label} | {_ci(r[f'yesno_auc_{name}'], r.get(f'yesno_auc_{name}_ci'))} | "

@@ -56,3 +56,25 @@ def test_recipe_overrides_are_typed_and_checked():
     assert bench.apply_overrides(bench.recipes("next_item")["text"], ["lr=1"]).lr == 5e-4  # text baseline untouched
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         bench.apply_overrides(head, ["nonsense"])
+
+
+def test_precision_bench_times_both_precisions_on_a_tiny_model(tmp_path):
+    from test_llm_fixtures import make_cf_dirs, make_split
+
+    spec = importlib.util.spec_from_file_location("precision_step", ROOT / "bench" / "precision_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["precision_step"] = bench
+    spec.loader.exec_module(bench)
+    split = make_split(tmp_path, "next_item")
+    import pandas as pd
+
+    train = pd.read_parquet(split / "train.parquet")  # rows with 10 history items: pad the tiny split's histories
+    train["history"] = [list(h) * 10 for h in train["history"]]
+    train.to_parquet(split / "train.parquet")
+    result = bench.main(["--split", str(split), "--cf-model", str(make_cf_dirs(tmp_path)["sasrec"]),
+                         "--backbone", str(make_backbone_dir(tmp_path, "llama")), "--batch-size", "2", "--rounds", "1",
+                         "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "p.json")])
+    for recipe in ("llara", "head"):
+        assert result[f"{recipe}_step_s_fp32"] > 0 and result[f"{recipe}_step_s_bf16"] > 0
+        assert result[f"{recipe}_loss_rel_diff"] < 0.05  # the same model in bf16: equal loss within rounding
+    assert result["auto_dtype"] in ("float32", "bfloat16") and (tmp_path / "p.json").is_file()
