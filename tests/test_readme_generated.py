@@ -14,7 +14,6 @@ def test_committed_readme_sections_match_the_result_files():
     text = (ROOT / "README.md").read_text()
     for name, (rel, _) in readme.SECTIONS.items():
         assert f"<!-- generated:{name} -->" in text, name
-    for rel in ("results/injection_planted.json", "results/injection_levers.json"):
         assert (ROOT / rel).is_file(), rel
     assert readme.rendered(text) == text, "run: python -m collab_llm.readme"
 
