@@ -122,7 +122,7 @@ def _lookup(data: Any, path: str) -> Any:
 def render_levers(levers: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown table of the levers tried (``results/injection_levers.json``); every number is read
     from the result file the row names (``results/levers/``)."""
-    lines = [levers["setup"], "", "| # | lever | data | HR@1 | soft tokens permuted | SASRec, same rows | note |",
+    lines = [levers["setup"], "", "| # | lever | data | HR@1 (Yes/No: AUC) | soft tokens permuted | CF model alone, same rows | note |",
              "|---|---|---|---|---|---|---|"]
     for i, row in enumerate(levers["rows"], 1):
         data = json.loads((root / "results" / "levers" / row["source"]).read_text())
