@@ -63,7 +63,8 @@ class Profile:
             HR@1 and ValidRatio).
         max_new_tokens: generation length cap.
         cf_max_epochs: cap on CF training epochs (``None``: the config's, with early stopping).
-        dtype: backbone dtype (trainable parts stay fp32).
+        dtype: backbone dtype (trainable parts stay fp32); ``"auto"``: bfloat16 where the CPU (or GPU)
+            multiplies bf16 natively, else float32 (:func:`collab_llm.backbone.resolve_dtype`).
         n_bootstrap: bootstrap resamples for the 95% intervals.
         eval_batch_size: prompts per evaluation batch.
         warmup_steps: linear learning-rate warm-up of every LLM method (then cosine decay to 0 at
@@ -79,7 +80,7 @@ class Profile:
     generate: bool
     max_new_tokens: int
     cf_max_epochs: int | None
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     n_bootstrap: int = 1000
     eval_batch_size: int = 8
     warmup_steps: int = 1
