@@ -10,7 +10,8 @@ Measured side by side in one run, on one machine, with ``--threads`` torch threa
    native bf16, AVX512-BF16 / AMX), under ``torch.autocast(bfloat16)`` of the frozen backbone
    (trainable weights stay fp32): on an AVX2-only CPU PyTorch emulates bf16 matmuls ~30x slower
    than fp32, so a bf16 step of SmolLM2 would take many minutes. The natural, shorter text-only
-   prompt is timed too.
+   prompt is timed too. (bf16 weights without autocast, fp32 and bf16 interleaved round by round, MFU
+   against the best GEMM rate of each precision: ``bench/precision_step.py``.)
 2. Evaluation per test row: candidate ranking by log-likelihood (prompt KV cache reused for the 20
    candidates) vs greedy generation of up to ``--max-new-tokens`` tokens + parsing, on the same rows,
    with HR@1 of each (and ValidRatio of generation).
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "(emulated bf16 matmuls run far slower than fp32, see the rates below); --bf16 on forces them")
     precisions = [("fp32", False)] + ([("bf16", True)] if use_bf16 else [])
     for tag, bf16 in precisions:
-        n_steps, n_warm = (args.train_steps, args.warmup_steps) if not bf16 else (args.bf16_steps, 0)
+        # bf16 warms up like fp32 (a cold first bf16 step once read 24.8 s against 1.87 s warm)
+        n_steps, n_warm = (args.train_steps, args.warmup_steps) if not bf16 else (args.bf16_steps, max(1, args.warmup_steps))
         # The variants are interleaved (text, hybrid, natural, text, hybrid, ...) and the overhead is the
         # median of per-round ratios, so a change of machine load between rounds cancels out.
         variants = {
