@@ -39,7 +39,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class Recipe:
     yes_no_loss: str = "lm"
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def recipes(task: str) -> dict[str, Recipe]:
@@ -121,7 +120,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     changes: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or key not in Recipe.__dataclass_fields__ or key in ("name", "extra"):
+        if not sep or key not in Recipe.__dataclass_fields__ or key == "name":
             raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(Recipe.__dataclass_fields__)}")
         current = getattr(recipe, key)
         if isinstance(current, bool):
@@ -239,13 +238,6 @@ def cf_scores(cf_dir: Path, rows: pd.DataFrame, task: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ LLM runs
-class _TokenCounter:
-    """Counts the real tokens of the prompt views trained on (for tokens/s)."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-
-
 def train_llm(recipe: Recipe, split: Path, cf_dir: Path | None, args: argparse.Namespace, train_table: str) -> tuple[Any, dict[str, float]]:
     import lightning as L
 
@@ -270,14 +262,14 @@ def train_llm(recipe: Recipe, split: Path, cf_dir: Path | None, args: argparse.N
         train_table=train_table, max_length=1024, max_history=recipe.max_history, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, seed=args.seed,
     )
-    counter = _TokenCounter()
+    tokens = [0]  # real tokens of the prompt views trained on (for tokens/s)
     head = recipe.scorer == "head" or recipe.yes_no_loss == "bce"
 
     class Count(L.Callback):
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             mode = pl_module.train_mode_at(int(trainer.global_step))
             key = "prompt_attention_mask" if head else "attention_mask"
-            counter.tokens += int(batch[mode][key].sum())
+            tokens[0] += int(batch[mode][key].sum())
 
     losses: list[float] = []
 
@@ -298,10 +290,10 @@ def train_llm(recipe: Recipe, split: Path, cf_dir: Path | None, args: argparse.N
         model.initialize_head(dm.datasets["train"], dm.collator, batch_size=args.batch_size)
     train_s = time.perf_counter() - t0
     align = dict(model.head_init_stats)
-    counter.tokens += int(align.get("tokens", 0))  # forward-only tokens of the alignment pass
+    tokens[0] += int(align.get("tokens", 0))  # forward-only tokens of the alignment pass
     first = float(np.mean(losses[: max(1, len(losses) // 8)])) if losses else None
     last = float(np.mean(losses[-max(1, len(losses) // 8):])) if losses else None
-    return model, {"train_s": train_s, "tokens": counter.tokens, "tok_s": counter.tokens / train_s,
+    return model, {"train_s": train_s, "tokens": tokens[0], "tok_s": tokens[0] / train_s,
                    "loss_first": first, "loss_last": last, "align_s": float(align.get("seconds", 0.0))}
 
 
@@ -343,6 +335,7 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
     cf_dir, cf_train_s = train_cf(split, cf_config, work / "cf" / f"sasrec_{split.name}", args.seed,
                                   args.cf_max_epochs)
     from collab_llm.datamodule import sample_rows
+    from collab_llm.metrics import mean_estimate
 
     rows = sample_rows(pd.read_parquet(split / f"{args.table}.parquet"), args.rows, args.seed)
     target_index = np.array([list(c).index(t) for c, t in zip(rows["candidates"], rows["target"])])
@@ -353,12 +346,11 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
     def record(name: str, scores: np.ndarray) -> None:
         ranks = ranks_from_scores(scores, target_index)
         per_row[name] = {"hr1": (ranks == 0).astype(float), "ndcg10": np.where(ranks < 10, 1 / np.log2(ranks + 2), 0.0)}
-        est = {k: paired_diff(v, np.zeros_like(v), args.n_bootstrap, args.seed) for k, v in per_row[name].items()}
-        for k, (v, lo, hi) in est.items():
-            result[f"{part}_{k.replace('hr1', 'hr1').replace('ndcg10', 'ndcg10')}_{name}"] = round(v, 4)
-            result[f"{part}_{k}_{name}_ci"] = [round(lo, 4), round(hi, 4)]
-        log(f"[{part}] {name:>16}: HR@1 {est['hr1'][0]:.3f} [{est['hr1'][1]:.3f}, {est['hr1'][2]:.3f}]  "
-            f"NDCG@10 {est['ndcg10'][0]:.3f} [{est['ndcg10'][1]:.3f}, {est['ndcg10'][2]:.3f}]")
+        est = {k: mean_estimate(v, args.n_bootstrap, args.seed) for k, v in per_row[name].items()}
+        for k, e in est.items():
+            result[f"{part}_{k}_{name}"] = round(e.value, 4)
+            result[f"{part}_{k}_{name}_ci"] = [round(e.ci_low, 4), round(e.ci_high, 4)]
+        log(f"[{part}] {name:>16}: HR@1 {est['hr1']}  NDCG@10 {est['ndcg10']}")
 
     record("sasrec", cf_scores(cf_dir, rows, "next_item"))
     result[f"{part}_cf_train_s"] = round(cf_train_s, 1)
@@ -385,9 +377,6 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
     # the headline keys
     text = "text" if "text" in per_row else None
     hybrid = args.hybrid if args.hybrid in per_row else None
-    result[f"{part}_hr1_sasrec"] = result[f"{part}_hr1_sasrec"]
-    if text:
-        result[f"{part}_hr1_text"] = result[f"{part}_hr1_text"]
     if hybrid:
         result[f"{part}_hr1_hybrid"] = result[f"{part}_hr1_{hybrid}"]
         result[f"{part}_ndcg10_hybrid"] = result[f"{part}_ndcg10_{hybrid}"]
@@ -403,9 +392,6 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
             if k == "hr1":
                 result[f"{part}_diff_ci_low"] = round(lo, 4)
             log(f"[{part}] {hybrid} - text, paired over the same {len(rows)} rows: {k} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    for name in per_row:
-        if name.endswith("_permuted") or name == "sasrec":
-            continue
 
 
 def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -437,8 +423,6 @@ def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> 
         result[f"yesno_auc_{name}"] = round(est.value, 4)
         result[f"yesno_auc_{name}_ci"] = [round(est.ci_low, 4), round(est.ci_high, 4)]
         log(f"[yesno] {name:>8}: AUC {result[f'yesno_auc_{name}']:.4f} {result[f'yesno_auc_{name}_ci']} (users resampled)")
-    if "text" in scores:
-        result["yesno_auc_text"] = result["yesno_auc_text"]
     if args.yesno_hybrid in scores:
         result["yesno_auc_hybrid"] = result[f"yesno_auc_{args.yesno_hybrid}"]
     if "text" in scores and args.yesno_hybrid in scores:

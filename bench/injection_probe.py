@@ -3,7 +3,8 @@
 Builds the hybrid prompts of a next-item template (default ``head_next_item``: history last, soft
 tokens from a freshly initialised projector), runs the FROZEN backbone (no LoRA) once over a sample
 of training rows and of validation rows, and fits a ridge regression from the hidden state of the
-last prompt position at every layer to the CF model's query for the row (SASRec's sequence
+last prompt position at every layer (standardised per feature; the fit of
+:meth:`collab_llm.heads.ItemScoringHead.fit_least_squares`, the recipe's own) to the CF model's query for the row (SASRec's sequence
 representation of the history, the vector SASRec scores items with). On the validation rows it
 reports per layer: R^2 of the fit, and HR@1 / NDCG@10 of ranking the 20 stored candidates by
 ``ridge(h) . e_c`` (e_c: the candidates' CF item embeddings; scores as SASRec's). Compared with
@@ -36,17 +37,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    """``W`` minimising ``|[x, 1] W - y|^2 + lam |W|^2`` (bias column unpenalised is not needed here)."""
-    x1 = np.concatenate([x, np.ones((len(x), 1))], 1)
-    a = x1.T @ x1 + lam * np.eye(x1.shape[1])
-    return np.linalg.solve(a, x1.T @ y)
-
-
-def ridge_apply(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return np.concatenate([x, np.ones((len(x), 1))], 1) @ w
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", required=True)
@@ -74,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     from collab_llm.backbone import load_backbone, mean_embedding_norm, resolve_dtype
     from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
     from collab_llm.datamodule import sample_rows
+    from collab_llm.heads import ItemScoringHead
     from collab_llm.injection import SoftTokenInjector
     from collab_llm.prompts import ITEM_PLACEHOLDERS, load_template
     from projectors import build_projector
@@ -134,9 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"SASRec itself: HR@1 {hr:.3f} NDCG@10 {nd:.3f}", flush=True)
     per_layer = []
     for i, (xtr, xva) in enumerate(zip(h_tr, h_va)):
-        mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-        w = ridge_fit((xtr - mu) / sd, q_tr, a.lam)
-        pred = ridge_apply((xva - mu) / sd, w)
+        head = ItemScoringHead(xtr.shape[1], q_tr.shape[1])  # the recipe's own fit: standardise, then ridge
+        head.fit_least_squares(torch.from_numpy(xtr), torch.from_numpy(q_tr), a.lam)
+        with torch.no_grad():
+            pred = head.query(head.standardize(torch.from_numpy(xva))).double().numpy()
         r2 = 1 - ((pred - q_va) ** 2).sum() / ((q_va - q_tr.mean(0)) ** 2).sum()
         hr, nd = rank_metrics(np.einsum("bd,bcd->bc", pred, c_va))
         name = "input" if i == 0 else ("final" if i == len(h_tr) - 1 else f"layer{i}")

@@ -177,13 +177,6 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 1) -> float:
     return 2.0 * n**3 / med
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (else PyTorch emulates it, far slower than fp32)."""
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    flags = open("/proc/cpuinfo").read().lower() if os.path.exists("/proc/cpuinfo") else ""
-    return "AMX" in capability or "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -252,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
 
     result: dict[str, Any] = {}
-    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16())
+    from collab_llm.backbone import native_bf16
+
+    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(cuda=False))
     result["bf16_steps_timed"] = use_bf16
     result["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
     if not use_bf16:

@@ -139,7 +139,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"step fp32 {result[f'{recipe}_step_s_fp32']:.2f} s, bf16 {result[f'{recipe}_step_s_bf16']:.2f} s: "
               f"bf16 {result[f'{recipe}_speedup_bf16']:.2f}x (median per-round ratio, {a.rounds} rounds, {tokens} tokens/step)",
               flush=True)
-        del models, optims
 
     hidden = 576
     shapes = [(512, hidden, 1536), (512, 1536, hidden), (512, hidden, hidden), (2048, 2048, 2048)]

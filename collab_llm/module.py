@@ -38,6 +38,7 @@ called with the batch before every forward / generate of the LLM.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -202,6 +203,10 @@ class CollabLLM(L.LightningModule):
         self.scorer: Scorer = scorer
         if not fine_tune and scorer != "head":
             raise ValueError("fine_tune=False leaves only the head's alignment pass: it needs scorer='head'")
+        if head_init not in ("none", "standardize", "least_squares"):
+            raise ValueError(f"head_init must be none/standardize/least_squares, got {head_init!r}")
+        if head_init_rows < 2:
+            raise ValueError(f"head_init_rows must be >= 2, got {head_init_rows}")
 
         backbone = load_backbone(backbone_path, dtype)
         self.tokenizer = backbone.tokenizer
@@ -251,10 +256,6 @@ class CollabLLM(L.LightningModule):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 3)
                 self.head = ItemScoringHead(backbone.hidden_size, int(cf_model.embedding_dim))
-        if head_init not in ("none", "standardize", "least_squares"):
-            raise ValueError(f"head_init must be none/standardize/least_squares, got {head_init!r}")
-        if head_init_rows < 2:
-            raise ValueError(f"head_init_rows must be >= 2, got {head_init_rows}")
 
         if train_lora:
             self.lora_names = [f"llm.{n}" for n, p in self.llm.named_parameters() if p.requires_grad]
@@ -334,8 +335,6 @@ class CollabLLM(L.LightningModule):
     def initialize_head(self, dataset: Any, collator: Any, batch_size: int = 8) -> dict[str, float]:
         """The alignment pass of ``head_init`` (see the class docstring) on ``head_init_rows`` rows of
         ``dataset`` (the first rows of a permutation seeded by ``seed``), collated by ``collator``."""
-        import time
-
         t0 = time.perf_counter()
         tokens = 0
         n = min(int(self.hparams.head_init_rows), len(dataset))
@@ -343,20 +342,17 @@ class CollabLLM(L.LightningModule):
         was_training = self.llm.training
         self.llm.eval()  # no LoRA dropout in the alignment pass
         hidden, targets, items, labels = [], [], [], []
-        cf = self.injector.cf_model
         try:
             for start in range(0, n, batch_size):
                 batch = collator([dataset[int(i)] for i in order[start:start + batch_size]])
                 batch = self.transfer_batch_to_device(batch, self.device, 0) if self._trainer is not None else batch
-                view = self._view(batch, "hybrid")
-                embeds, mask = self.embed(view, prompt_only=True)
+                embeds, mask = self.embed(self._view(batch, "hybrid"), prompt_only=True)
                 tokens += int(mask.sum())
-                self.before_llm_call(batch)
-                hidden.append(scoring.last_hidden_state(self.llm, embeds, mask).float().cpu())
-                if self.task == "next_item":
-                    targets.append(cf.item_embeddings(batch["target"].to(self.device)).float().cpu())
+                hidden.append(self.prompt_hidden(batch, embeds, mask).float().cpu())
+                if self.task == "next_item":  # regression target: the true next item's CF embedding
+                    targets.append(self.head_items(batch, "next").float().cpu())
                 else:
-                    items.append(cf.item_embeddings(batch["item"].to(self.device)).float().cpu())
+                    items.append(self.head_items(batch, "target")[:, 0].float().cpu())
                     labels.append(batch["label"].cpu())
         finally:
             self.llm.train(was_training)
@@ -425,28 +421,39 @@ class CollabLLM(L.LightningModule):
         yes_logit = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)[:, 0]
         return torch.nn.functional.binary_cross_entropy_with_logits(yes_logit, batch["label"].to(yes_logit).float())
 
-    def head_scores(self, batch: dict[str, Any], mode: Mode, items: str = "candidates") -> torch.Tensor:
+    def prompt_hidden(self, batch: dict[str, Any], embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, H)``: the LLM's last hidden state of the left-padded prompt ``embeds`` (what the head reads)."""
+        self.before_llm_call(batch)
+        return scoring.last_hidden_state(self.llm, embeds, mask)
+
+    @torch.no_grad()
+    def head_items(self, batch: dict[str, Any], items: str) -> torch.Tensor:
+        """Frozen CF item embeddings for the head: ``"candidates"`` ``(B, C, d)``, ``"catalog"``
+        ``(n_items, d)`` (items 1..n), ``"target"`` ``(B, 1, d)`` (Yes/No: the item asked about) or
+        ``"next"`` ``(B, d)`` (next-item: the true next item)."""
+        cf = self.injector.cf_model
+        if items == "candidates":
+            return cf.item_embeddings(batch["candidates"].to(self.device))
+        if items == "target":
+            return cf.item_embeddings(batch["item"].to(self.device)).unsqueeze(1)
+        if items == "next":
+            return cf.item_embeddings(batch["target"].to(self.device))
+        if items == "catalog":
+            return cf.item_embeddings(torch.arange(1, int(cf.config.n_items) + 1, device=self.device))
+        raise ValueError(f"items must be candidates/target/next/catalog, got {items!r}")
+
+    def head_scores(
+        self, batch: dict[str, Any], mode: Mode, items: str = "candidates",
+        embedded: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Item-scoring head on the prompt of ``mode``: ``(B, C)`` candidate scores (next-item,
         ``items="candidates"``), ``(B, n_items)`` catalogue scores (``"catalog"``: items 1..n), or
-        ``(B, 1)`` target-item logits (Yes/No, ``"target"``)."""
+        ``(B, 1)`` target-item logits (Yes/No, ``"target"``). ``embedded``: the prompt's
+        ``(inputs_embeds, mask)`` when the caller already built them."""
         if self.head is None:
             raise RuntimeError("head_scores needs scorer='head'")
-        view = self._view(batch, mode)
-        embeds, mask = self.embed(view, prompt_only=True)
-        self.before_llm_call(batch)
-        hidden = scoring.last_hidden_state(self.llm, embeds, mask)
-        cf = self.injector.cf_model
-        with torch.no_grad():
-            if items == "candidates":
-                item_emb = cf.item_embeddings(batch["candidates"].to(self.device))
-            elif items == "target":
-                item_emb = cf.item_embeddings(batch["item"].to(self.device)).unsqueeze(1)
-            elif items == "catalog":
-                n_items = int(cf.config.n_items)
-                item_emb = cf.item_embeddings(torch.arange(1, n_items + 1, device=self.device))
-            else:
-                raise ValueError(f"items must be candidates/target/catalog, got {items!r}")
-        return self.head(hidden, item_emb)
+        embeds, mask = embedded if embedded is not None else self.embed(self._view(batch, mode), prompt_only=True)
+        return self.head(self.prompt_hidden(batch, embeds, mask), self.head_items(batch, items))
 
     def head_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
         """Next-item: softmax cross-entropy of the target among the candidates (or the catalogue);
@@ -503,10 +510,10 @@ class CollabLLM(L.LightningModule):
         users = batch["users"].tolist()
         index = batch["row_index"].tolist()
         if self.task == "next_item":
-            self.before_llm_call(batch)
             if self.scorer == "head":
-                scores = self.head_scores(batch, self.eval_mode(), "candidates").float().cpu()
+                scores = self.head_scores(batch, self.eval_mode(), "candidates", (embeds, mask)).float().cpu()
             else:
+                self.before_llm_call(batch)
                 scores = scoring.rank_candidates(
                     self.llm, embeds, mask, batch["candidate_token_ids"], self.length_normalize
                 ).float().cpu()
@@ -524,13 +531,14 @@ class CollabLLM(L.LightningModule):
                     "scores": scores[i].tolist(), "answer": answers[i], "choice": choices[i],
                 })
         else:
-            self.before_llm_call(batch)
             if self.scorer == "head":
-                p_yes = torch.sigmoid(self.head_scores(batch, self.eval_mode(), "target")[:, 0]).float().cpu()
+                p_yes = torch.sigmoid(self.head_scores(batch, self.eval_mode(), "target", (embeds, mask))[:, 0]).float().cpu()
             elif self.yes_no_loss == "bce":
+                self.before_llm_call(batch)
                 logits = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)
                 p_yes = torch.sigmoid(logits[:, 0]).float().cpu()
             else:
+                self.before_llm_call(batch)
                 p_yes = scoring.yes_no_scores(self.llm, embeds, mask, self.yes_id, self.no_id).float().cpu()
             warm = batch["warm"].tolist() if "warm" in batch else [True] * len(users)
             for i in range(len(users)):

@@ -61,7 +61,7 @@ def _label(name: str) -> str:
     return _LABELS.get(name, name)
 
 
-def render_injection(r: dict[str, Any]) -> str:
+def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown of one ``bench/injection_learning.py`` result."""
     lines = [
         f"Measured by `{r['command']}` on {_cpu(r)}; every LLM method: {r['steps']} steps x "
@@ -136,7 +136,7 @@ def render_levers(levers: dict[str, Any], root: Path = ROOT) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_precision(r: dict[str, Any]) -> str:
+def render_precision(r: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown of one ``bench/precision_step.py`` result."""
     lines = [f"`dtype: auto` picks **{r['auto_dtype']}** here (native bf16: {r['native_bf16']}, flags {', '.join(r['cpu_flags_bf16']) or 'none'}); "
              f"{r['threads']} threads, batch {r['batch_size']}.", "",
@@ -151,7 +151,8 @@ def render_precision(r: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-SECTIONS: dict[str, tuple[str, Callable[[Any], str]]] = {
+#: section name -> (result file, renderer ``(result, repository root) -> markdown``)
+SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted": ("results/injection_planted.json", render_injection),
     "injection_ml100k": ("results/injection_ml100k.json", render_injection),
     "injection_yesno": ("results/injection_yesno.json", render_injection),
@@ -170,8 +171,7 @@ def rendered(readme: str, root: Path = ROOT) -> str:
         path = root / rel
         if not path.exists() or not _pattern(name).search(readme):
             continue
-        data = json.loads(path.read_text())
-        text = render(data, root) if render is render_levers else render(data)
+        text = render(json.loads(path.read_text()), root)
         readme = _pattern(name).sub(lambda m: m.group(1) + text + m.group(3), readme)
     return readme
 
