@@ -15,7 +15,7 @@ Why standardise, and why start from least squares: an LLM's hidden states have a
 whose values are tens of times larger than the rest, in every row, and the CF signal is a small
 part of the last hidden state. A linear probe that standardises the features and is fitted in
 closed form (``bench/injection_probe.py``) reads the signal from the FROZEN SmolLM2's last hidden
-state well (planted validation: HR@1 0.685 from the labels alone, SASRec 0.885), while the same
+state well (README levers table, from ``results/levers/probe_planted_next_item.json``), while the same
 linear head trained by Adam from a random start stayed near chance in 48 steps of 8 prompts (the
 outlier features dominate every update; 384 noisy examples for a 576 x 64 map). So the head is
 initialised by :meth:`ItemScoringHead.fit_least_squares` on a few hundred training prompts run
