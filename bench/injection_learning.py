@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -135,23 +134,6 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def cpu_description() -> dict[str, Any]:
-    from collab_llm.backbone import cpu_flags, native_bf16
-
-    name = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    isa = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
-    return {"model": name, "isa": isa, "native_bf16": native_bf16(flags, cuda=False)}
-
-
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -474,6 +456,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         args.backbone = str(ensure_assets(log=log).smollm2)
     from collab_llm.backbone import resolve_dtype
+
+    from collab_llm.backbone import cpu_description
 
     cpu = cpu_description()
     result: dict[str, Any] = {"overrides": args.set, "cpu": cpu, "dtype": resolve_dtype(args.dtype), "threads": args.threads,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from peft import LoraConfig
@@ -86,6 +86,26 @@ def native_bf16(flags: frozenset[str] | None = None, cuda: bool | None = None) -
     if cuda:
         return True
     return bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU a figure was measured on: ``{"model": name, "isa": best bf16-relevant ISA, "native_bf16": bool}``
+    (``isa``: ``amx`` / ``avx512_bf16`` / ``avx512`` / ``avx2`` / ``other``, from :func:`cpu_flags`)."""
+    import platform
+
+    name = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    isa = ("amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else
+           "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other")
+    return {"model": name, "isa": isa, "native_bf16": native_bf16(flags, cuda=False)}
 
 
 def resolve_dtype(dtype: DType, flags: frozenset[str] | None = None, cuda: bool | None = None) -> str:

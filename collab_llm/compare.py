@@ -96,12 +96,13 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", llm_steps=8, batch_size=2, test_rows=32, generate=False, max_new_tokens=32,
                      cf_max_epochs=8),
     # the README's results (results/): both protocols within 90 minutes on a 2-core machine. Sized from
-    # measured costs (SmolLM2-135M fp32, 2 threads): a next-item training step of 4 prompts ~19 s, a
-    # next-item test row ~2 s ranked + ~2-3 s generated (64 new tokens at most, as LLaRA); a Yes/No step
-    # of 4 prompts ~7 s, a Yes/No test row ~0.6 s.
-    "full": Profile("full", llm_steps=32, batch_size=4, test_rows=100, generate=True, max_new_tokens=64,
+    # costs measured by bench/injection_learning.py (SmolLM2-135M, bf16 weights on an AVX512-BF16 CPU,
+    # 2 threads): 48 steps of 8 text prompts ~600 s on ML-100K and ~375 s on Yes/No, ranking 100
+    # next-item test rows ~70 s (+ ~2 s a row generated, 64 new tokens at most, as LLaRA), the head's
+    # alignment pass over the same 384 prompts ~60 s. On an fp32-only CPU expect about 1.5x longer.
+    "full": Profile("full", llm_steps=48, batch_size=8, test_rows=100, generate=True, max_new_tokens=64,
                     cf_max_epochs=None, warmup_steps=3,
-                    per_protocol={"yesno": {"llm_steps": 48, "test_rows": 500}}),
+                    per_protocol={"yesno": {"test_rows": 500}}),
     # tests: tiny models, seconds
     "smoke": Profile("smoke", llm_steps=2, batch_size=2, test_rows=4, generate=True, max_new_tokens=4,
                      cf_max_epochs=1, dtype="float32", n_bootstrap=50, eval_batch_size=2),
@@ -128,7 +129,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         dataset="ml-100k", prepare_protocol="loo", split_name="ml100k_loo", cf_method="sasrec",
         cf_config=CONFIGS / "cf" / "sasrec_ml100k_loo.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml100k_loo.yaml",
-        default_methods=("sasrec", "tallrec", "llara", "ilora"),
+        default_methods=("sasrec", "tallrec", "llara", "ilora", "head"),
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec.yaml",
             "llara": CONFIGS / "llm" / "model" / "llara.yaml",
@@ -141,7 +142,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         dataset="ml-1m", prepare_protocol="collm", split_name="ml1m_collm", cf_method="mf",
         cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml1m_collm.yaml",
-        default_methods=("mf", "tallrec", "collm"),
+        default_methods=("mf", "tallrec", "collm", "head"),
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec_collm.yaml",
             "collm": CONFIGS / "llm" / "model" / "collm_yes_no.yaml",
@@ -241,6 +242,7 @@ class Comparison:
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
         self.report_dir = Path(self.report_dir)
+        self.skipped: list[str] = []  # methods found finished by run() (resumed, not rerun)
 
     @property
     def split_dir(self) -> Path:
@@ -379,7 +381,6 @@ class Comparison:
         from collab_llm.llm_cli import build_cli
 
         args = self.llm_args(method)
-        run_dir = self.run_dir(method)
         self.log(f"[compare] {method}: training {self.profile.llm_steps} steps x {self.profile.batch_size} prompts")
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -454,6 +455,7 @@ class Comparison:
                         f"{asdict(self.profile)}; use another --report-dir or delete {result_path.parent}"
                     )
                 self.log(f"[compare] {method}: already finished ({result_path}), skipped")
+                self.skipped.append(method)
                 continue
             torch.manual_seed(self.seed)
             result = self.run_cf_alone() if method == self.spec.cf_method else self.run_llm(method)
@@ -498,8 +500,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="one protocol, or several: each runs into <report-dir>/<protocol>/ and a combined "
                         "report is written in <report-dir>")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora; "
-                        "yesno: mf tallrec collm)")
+                   help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head; "
+                        "yesno: mf tallrec collm head)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
     p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")
@@ -542,6 +544,29 @@ def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str)
     return write_report(report_records(paths), out_dir, curves, title=title, preamble=pre)
 
 
+def write_run_info(report_dir: Path, command: str, wall_s: float, comparisons: Sequence[Comparison]) -> Path:
+    """``<report_dir>/run_info.json``: the machine and the wall time of the command that wrote the report
+    (the README's generated tables state them). ``resumed`` lists the runs this command found finished
+    (then ``wall_s`` does not cover them)."""
+    import resource
+
+    from collab_llm.backbone import cpu_description, resolve_dtype
+
+    info = {
+        "command": command, "wall_s": round(wall_s, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
+        "cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "protocols": {c.protocol: {"profile": asdict(c.profile), "dtype": resolve_dtype(c.profile.dtype),
+                                   "methods": list(c.methods), "test_rows": len(c.test_rows())}
+                      for c in comparisons},
+        "resumed": [f"{c.protocol}/{m}" for c in comparisons for m in c.skipped],
+    }
+    path = report_dir / "run_info.json"
+    write_json(path, info)
+    return path
+
+
 def export_report(report_dir: Path, dest: Path) -> None:
     """Copy a report's files (no runs: no weights, no predictions) into ``dest``."""
     import shutil
@@ -556,10 +581,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``collab-llm compare``."""
     parser = _parser("collab-llm compare")
     ns = parser.parse_args(argv)
+    start = time.perf_counter()
     if len(ns.protocol) == 1:
-        comp = _comparison(ns)
-        comp.run()
-        report_dir = comp.report_dir
+        comps = [_comparison(ns)]
+        comps[0].run()
+        report_dir = comps[0].report_dir
     else:
         if ns.methods is not None:
             parser.error("--methods applies to one protocol; with several, each runs its default methods")
@@ -569,10 +595,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             comp.run()
         path = write_combined(comps, report_dir, title=f"collab-llm: {' + '.join(ns.protocol)}, profile {ns.profile}")
         print(f"[compare] combined report: {path}", flush=True)
+    _finish(ns, report_dir, "collab-llm compare", argv, time.perf_counter() - start, comps)
+    return 0
+
+
+def _finish(ns: argparse.Namespace, report_dir: Path, prog: str, argv: Sequence[str] | None, wall_s: float,
+            comps: Sequence[Comparison]) -> None:
+    """Write ``run_info.json`` and copy the report to ``--export`` (if given)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    write_run_info(report_dir, " ".join([prog, shlex.join(args)]).strip(), wall_s, comps)
     if ns.export:
         export_report(report_dir, Path(ns.export))
         print(f"[compare] report files copied to {ns.export}", flush=True)
-    return 0
 
 
 def main_job(argv: Sequence[str] | None = None) -> int:
@@ -589,7 +623,9 @@ def main_job(argv: Sequence[str] | None = None) -> int:
     )
     start = time.perf_counter()
     path = comp.run()
-    print(f"collab-llm main: done in {time.perf_counter() - start:.0f} s; report at {path}", flush=True)
+    wall_s = time.perf_counter() - start
+    _finish(ns, comp.report_dir, "collab-llm main", argv, wall_s, [comp])
+    print(f"collab-llm main: done in {wall_s:.0f} s; report at {path}", flush=True)
     return 0
 
 
