@@ -226,6 +226,23 @@ class PromptCollator:
             )
         return best
 
+    def length_proxy(self, row: dict[str, Any]) -> int:
+        """A cheap stand-in for the row's prompt length (no tokenizer): the characters of the titles its
+        prompt renders (list fields cut to ``max_history``, candidates included) plus 4 a title for
+        the separators. Used only to group rows of similar length into batches
+        (:class:`collab_llm.datamodule.LengthGroupedSampler`)."""
+        total = 0
+        for name in _LIST_COLUMNS:
+            values = row.get(name)
+            if not values:
+                continue
+            if name != "candidates" and self.max_history is not None:
+                values = values[-self.max_history:]
+            total += sum(len(self.titles.get(int(i), "")) + 4 for i in values)
+        if "item" in row:
+            total += len(self.titles.get(int(row["item"]), "")) + 4
+        return total
+
     # ---------------------------------------------------------------- batch
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rows:

@@ -3,18 +3,21 @@
 Reads ``<data_dir>/items.parquet`` (titles) and the example tables ``<table>.parquet`` (next-item
 or Yes/No rows, checked against the template's task). The training order is a seeded shuffle that
 depends only on ``(seed, epoch)`` (``DistributedSampler`` with the trainer's world size; Lightning
-calls ``set_epoch``), so resumed and DDP runs see the same order as uninterrupted ones.
+calls ``set_epoch``), so resumed and DDP runs see the same order as uninterrupted ones. With
+``group_by_length`` the same shuffle is cut into mega-batches whose rows are sorted by prompt length, so
+a batch pads little (:class:`LengthGroupedSampler`; measured by ``bench/length_grouping.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
@@ -27,6 +30,47 @@ def sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
         return frame.reset_index(drop=True)
     chosen = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
     return frame.iloc[chosen].reset_index(drop=True)
+
+
+class LengthGroupedSampler(DistributedSampler):
+    """``DistributedSampler``'s seeded shuffle, regrouped so that each batch holds rows of similar length.
+
+    The epoch's permutation (the same as ``DistributedSampler(shuffle=True, seed=seed)``'s, padded the
+    same way) is cut into mega-batches of ``megabatch`` global batches (``batch_size`` x replicas rows);
+    each mega-batch is sorted by ``length(index)`` (longest first) and cut into global batches, whose
+    order is then shuffled (seeded by ``seed`` and the epoch). Rank ``r`` takes every replicas-th row of
+    each global batch, so every rank's batch holds rows of similar length. Deterministic in ``(seed,
+    epoch)``; ``length`` is called lazily, once per index.
+    """
+
+    def __init__(self, dataset: Dataset, length: Callable[[int], int], batch_size: int, megabatch: int = 8,
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        if batch_size < 1 or megabatch < 1:
+            raise ValueError(f"batch_size and megabatch must be >= 1, got {batch_size}, {megabatch}")
+        self.length = length
+        self.batch_size = batch_size
+        self.megabatch = megabatch
+        self._lengths: dict[int, int] = {}
+
+    def _len_of(self, index: int) -> int:
+        if index not in self._lengths:
+            self._lengths[index] = int(self.length(index))
+        return self._lengths[index]
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = torch.randperm(len(self.dataset), generator=g).tolist()  # type: ignore[arg-type]
+        pad = self.total_size - len(indices)
+        indices += (indices * (pad // max(len(indices), 1) + 1))[:pad]
+        step = self.batch_size * self.num_replicas
+        batches = []
+        for start in range(0, len(indices), step * self.megabatch):
+            mega = sorted(indices[start:start + step * self.megabatch], key=self._len_of, reverse=True)
+            batches += [mega[i:i + step] for i in range(0, len(mega), step)]
+        shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed + self.epoch + 1)).tolist()
+        flat = [i for b in shuffle for i in batches[b]]
+        return iter(flat[self.rank:self.total_size:self.num_replicas])
 
 
 class RecDataModule(L.LightningDataModule):
@@ -48,6 +92,10 @@ class RecDataModule(L.LightningDataModule):
             (:func:`sample_rows`; ``None``: all). A budget-limited comparison scores every method on
             the same sample (rows taken from the top of a user-sorted table would cover few users).
         test_sample_seed: the sample's seed.
+        group_by_length: batch training rows of similar prompt length (:class:`LengthGroupedSampler`,
+            mega-batches of ``length_megabatch`` batches): less padding, a different but equally
+            seeded order. Off by default (the papers' order).
+        length_megabatch: batches per mega-batch when grouping by length.
     """
 
     def __init__(
@@ -69,6 +117,8 @@ class RecDataModule(L.LightningDataModule):
         limit_rows: int | None = None,
         test_sample: int | None = None,
         test_sample_seed: int = 0,
+        group_by_length: bool = False,
+        length_megabatch: int = 8,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -89,6 +139,8 @@ class RecDataModule(L.LightningDataModule):
             raise ValueError(f"test_sample must be >= 1 or None, got {test_sample}")
         self.test_sample = test_sample
         self.test_sample_seed = test_sample_seed
+        self.group_by_length = group_by_length
+        self.length_megabatch = length_megabatch
         self.collator: PromptCollator | None = None
         self.datasets: dict[str, TableDataset] = {}
 
@@ -132,7 +184,13 @@ class RecDataModule(L.LightningDataModule):
         if shuffle:
             world = self.trainer.world_size if self.trainer is not None else 1
             rank = self.trainer.global_rank if self.trainer is not None else 0
-            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False)
+            if self.group_by_length:
+                collator = self.collator
+                assert collator is not None
+                sampler = LengthGroupedSampler(ds, lambda i: collator.length_proxy(ds[i]), self.batch_size,
+                                               self.length_megabatch, num_replicas=world, rank=rank, seed=self.seed)
+            else:
+                sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False)
         return DataLoader(
             ds,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,

@@ -11,6 +11,9 @@ Sections:
   intervals.
 - ``injection_levers``: ``results/injection_levers.json``: every lever tried on validation rows.
 - ``precision``: ``results/precision_step.json`` (``bench/precision_step.py --out ...``).
+- ``full_profile``: ``results/results.json`` + ``results/run_info.json`` (``collab-llm compare --profile
+  full ... --export results``): every method's metrics and paired differences to TALLRec.
+- ``main_job``: ``results/main_job/`` (``collab-llm main --export results/main_job``).
 
 Usage::
 
@@ -151,6 +154,92 @@ def render_precision(r: dict[str, Any], root: Path = ROOT) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+_METHODS = {
+    "sasrec": "SASRec alone", "mf": "MF alone", "tallrec": "TALLRec (text)",
+    "llara": "LLaRA (hybrid, curriculum)", "ilora": "iLoRA (4 experts)", "collm": "CoLLM (MF tokens, two stages)",
+    "head": "**head** (hybrid, item-scoring head fitted in closed form)",
+}
+
+
+def _by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    return {(r["protocol"].split(":")[0], r["method"], r.get("subset", "all"), r["metric"]): r for r in records}
+
+
+def _cell(rec: dict[str, Any] | None, signed: bool = False) -> str:
+    if rec is None:
+        return "—"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    return f"{fmt.format(rec['value'])} [{fmt.format(rec['ci_low'])}, {fmt.format(rec['ci_high'])}]"
+
+
+def _setup(info: dict[str, Any], protocol: str) -> str:
+    spec = info["protocols"][protocol]
+    prof = spec["profile"]
+    return (f"{prof['llm_steps']} steps x {prof['batch_size']} prompts per LLM method (lr warm-up {prof['warmup_steps']} "
+            f"steps, then cosine), backbone {spec['dtype']}, {spec['test_rows']} seeded test rows (the same for every method)")
+
+
+def _machine(info: dict[str, Any]) -> str:
+    cpu = info["cpu"]
+    resumed = f"; resumed runs (not in the wall time): {', '.join(info['resumed'])}" if info.get("resumed") else ""
+    return (f"`{info['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: {'yes' if cpu['native_bf16'] else 'no'}), "
+            f"{info['threads']} torch threads: wall time {info['wall_s'] / 60:.1f} min, peak memory "
+            f"{info['peak_rss_gb']:.1f} GiB (finished {info['finished']}){resumed}.")
+
+
+def _subset(key: str) -> tuple[str, str]:
+    """``"warm/auc"`` -> ``("warm", "auc")``; ``"auc"`` -> ``("all", "auc")``."""
+    subset, _, metric = key.rpartition("/")
+    return subset or "all", metric
+
+
+def render_comparison(records: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """Markdown tables of a ``collab-llm compare`` report (``results.json``) and its ``run_info.json``."""
+    by = _by_key(records)
+    lines = [f"Measured by {_machine(info)}", ""]
+    order = list(_METHODS)
+    for protocol in ("nextitem", "yesno"):
+        methods = sorted({m for (p, m, _, _) in by if p == protocol},
+                         key=lambda m: (order.index(m) if m in order else len(order), m))
+        if not methods:
+            continue
+        split = next(r["protocol"].split(":")[1] for r in records if r["protocol"].startswith(protocol + ":"))
+        gen = any((protocol, m, "all", "gen_hr@1") in by for m in methods)
+        if protocol == "nextitem":
+            lines += [f"**Next-item ({split})**: {_setup(info, protocol)}; ranked over the 20 stored candidates"
+                      + (", and generated (greedy) + parsed as in LLaRA" if gen else "") + ".", ""]
+            cols = [("HR@1 (ranked)", "hr@1"), ("NDCG@10 (ranked)", "ndcg@10")]
+            if gen:
+                cols += [("HR@1 (generated)", "gen_hr@1"), ("ValidRatio", "gen_valid_ratio")]
+            diffs = [("HR@1", "diff_vs_tallrec_hr@1"), ("NDCG@10", "diff_vs_tallrec_ndcg@10")]
+        else:
+            lines += [f"**Yes/No ({split})**: {_setup(info, protocol)}; AUC intervals resample users.", ""]
+            cols = [("AUC", "auc"), ("UAUC", "uauc"), ("AUC warm", "warm/auc"), ("AUC cold", "cold/auc")]
+            diffs = [("AUC", "diff_vs_tallrec_auc")]
+        lines += ["| method | " + " | ".join(c for c, _ in cols) + " | train s | eval s |",
+                  "|---|" + "---|" * (len(cols) + 2)]
+        for m in methods:
+            first = next(r for k, r in by.items() if k[0] == protocol and k[1] == m and not k[3].startswith("diff_"))
+            lines.append(f"| {_METHODS.get(m, m)} | " + " | ".join(_cell(by.get((protocol, m, *_subset(k)))) for _, k in cols)
+                         + f" | {first['train_s']:.0f} | {first['eval_s']:.0f} |")
+        paired = [m for m in methods if (protocol, m, "all", diffs[0][1]) in by]
+        if paired:
+            lines += ["", "Paired 95% intervals of each method minus TALLRec on the same rows"
+                      + (" (users resampled)" if protocol == "yesno" else "") + ":", "",
+                      "| method | " + " | ".join(f"Δ {c}" for c, _ in diffs) + " |", "|---|" + "---|" * len(diffs)]
+            for m in paired:
+                lines.append(f"| {_METHODS.get(m, m)} | " + " | ".join(_cell(by.get((protocol, m, "all", k)), signed=True)
+                                                                   for _, k in diffs) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _comparison_section(folder: str) -> Callable[[Any, Path], str]:
+    def render(records: Any, root: Path) -> str:
+        return render_comparison(records, json.loads((root / folder / "run_info.json").read_text()))
+    return render
+
+
 #: section name -> (result file, renderer ``(result, repository root) -> markdown``)
 SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted": ("results/injection_planted.json", render_injection),
@@ -158,6 +247,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_yesno": ("results/injection_yesno.json", render_injection),
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
+    "full_profile": ("results/results.json", _comparison_section("results")),
+    "main_job": ("results/main_job/results.json", _comparison_section("results/main_job")),
 }
 
 
