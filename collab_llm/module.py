@@ -124,6 +124,9 @@ class CollabLLM(L.LightningModule):
             planted validation rows (README, "Injection that learns").
         train_lora: ``False`` keeps the LoRA weights at their initialisation (``lora_B = 0``: the
             plain backbone); an ablation of the head recipe.
+        head_layer: which hidden state the head reads: ``None``, the final one (after the last
+            block and the final norm); ``k``, the output of decoder block ``k`` (1-based), and the
+            forward stops there (:func:`collab_llm.scoring.last_hidden_state`).
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class CollabLLM(L.LightningModule):
         head_init_rows: int = 512,
         head_ridge: float = 100.0,
         fine_tune: bool = True,
+        head_layer: int | None = None,
     ) -> None:
         super().__init__()
         # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
@@ -194,6 +198,8 @@ class CollabLLM(L.LightningModule):
             raise ValueError(f"scorer must be 'likelihood' or 'head', got {scorer!r}")
         if head_loss not in ("candidates", "catalog"):
             raise ValueError(f"head_loss must be 'candidates' or 'catalog', got {head_loss!r}")
+        if head_layer is not None and (scorer != "head" or head_layer < 1):
+            raise ValueError(f"head_layer={head_layer}: needs scorer='head' and a block number >= 1 (null: the final layer)")
         if scorer == "head":
             if regime == "text" or cf_model_path is None:
                 raise ValueError("scorer='head' scores items against their CF embeddings: it needs cf_model_path "
@@ -424,7 +430,7 @@ class CollabLLM(L.LightningModule):
     def prompt_hidden(self, batch: dict[str, Any], embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, H)``: the LLM's last hidden state of the left-padded prompt ``embeds`` (what the head reads)."""
         self.before_llm_call(batch)
-        return scoring.last_hidden_state(self.llm, embeds, mask)
+        return scoring.last_hidden_state(self.llm, embeds, mask, layer=self.hparams.head_layer)
 
     @torch.no_grad()
     def head_items(self, batch: dict[str, Any], items: str) -> torch.Tensor:

@@ -114,6 +114,32 @@ def test_last_hidden_state_is_the_lm_head_input(tmp_path):
     assert mean_embedding_norm(model) > 0
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_an_inner_layer_is_read_and_the_forward_stops_there(tmp_path, family):
+    model = load_backbone(make_backbone_dir(tmp_path, family)).model
+    ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    embeds = model.get_input_embeddings()(ids)
+    blocks = scoring.decoder_layers(model.base_model)
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=scoring.position_ids_from_mask(mask),
+                output_hidden_states=True)
+    hooks_before = [len(b._forward_hooks) for b in blocks]
+    calls = []
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.append(i)) for i, b in enumerate(blocks, 1)]
+    try:
+        for k in range(1, len(blocks)):
+            calls.clear()
+            hidden = scoring.last_hidden_state(model, embeds, mask, layer=k)
+            assert torch.allclose(hidden, out.hidden_states[k][:, -1], atol=1e-5), k  # block k's output
+            assert calls == list(range(1, k + 1))  # the blocks after k never ran
+    finally:
+        for h in handles:
+            h.remove()
+    assert [len(b._forward_hooks) for b in blocks] == hooks_before  # the stop hooks are removed
+    with pytest.raises(ValueError, match="decoder blocks 1.."):
+        scoring.last_hidden_state(model, embeds, mask, layer=len(blocks) + 1)
+
+
 def _head_module(tmp_path, task="next_item", **kw):
     backbone = make_backbone_dir(tmp_path, "llama")
     cf = make_cf_dirs(tmp_path)
