@@ -545,24 +545,38 @@ def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str)
 
 
 def write_run_info(report_dir: Path, command: str, wall_s: float, comparisons: Sequence[Comparison]) -> Path:
-    """``<report_dir>/run_info.json``: the machine and the wall time of the command that wrote the report
-    (the README's generated tables state them). ``resumed`` lists the runs this command found finished
-    (then ``wall_s`` does not cover them)."""
+    """``<report_dir>/run_info.json``: the machine and the wall time of the commands that wrote the report
+    (the README's generated tables state them). ``resumed`` lists the runs this command found finished.
+    A command that resumed runs adds itself to the previous ``invocations`` (so ``wall_s``, their sum,
+    covers every run of the report); one that ran everything starts a new list."""
     import resource
 
     from collab_llm.backbone import cpu_description, resolve_dtype
 
-    info = {
+    this = {
         "command": command, "wall_s": round(wall_s, 1),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
         "cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "protocols": {c.protocol: {"profile": asdict(c.profile), "dtype": resolve_dtype(c.profile.dtype),
-                                   "methods": list(c.methods), "test_rows": len(c.test_rows())}
-                      for c in comparisons},
         "resumed": [f"{c.protocol}/{m}" for c in comparisons for m in c.skipped],
     }
     path = report_dir / "run_info.json"
+    previous: list[dict[str, Any]] = []
+    if this["resumed"] and path.exists():
+        try:
+            old = json.loads(path.read_text())
+            previous = list(old.get("invocations") or [{k: v for k, v in old.items() if k != "protocols"}])
+        except (ValueError, AttributeError):
+            previous = []
+    invocations = previous + [this]
+    info = dict(this)  # the latest invocation's fields, then the totals
+    info.update(
+        wall_s=round(sum(float(i["wall_s"]) for i in invocations), 1),
+        peak_rss_gb=max(float(i["peak_rss_gb"]) for i in invocations),
+        invocations=invocations,
+        protocols={c.protocol: {"profile": asdict(c.profile), "dtype": resolve_dtype(c.profile.dtype),
+                                "methods": list(c.methods), "test_rows": len(c.test_rows())} for c in comparisons},
+    )
     write_json(path, info)
     return path
 

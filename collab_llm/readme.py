@@ -181,10 +181,16 @@ def _setup(info: dict[str, Any], protocol: str) -> str:
 
 def _machine(info: dict[str, Any]) -> str:
     cpu = info["cpu"]
-    resumed = f"; resumed runs (not in the wall time): {', '.join(info['resumed'])}" if info.get("resumed") else ""
+    calls = info.get("invocations") or [info]
+    if len(calls) > 1:
+        parts = "; ".join(f"{i['wall_s'] / 60:.1f} min" + (f" (resumed: {', '.join(i['resumed'])})" if i.get("resumed") else "")
+                          for i in calls)
+        wall = f"wall time {info['wall_s'] / 60:.1f} min in {len(calls)} invocations ({parts})"
+    else:
+        resumed = f"; resumed runs (not in the wall time): {', '.join(info['resumed'])}" if info.get("resumed") else ""
+        wall = f"wall time {info['wall_s'] / 60:.1f} min{resumed}"
     return (f"`{info['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: {'yes' if cpu['native_bf16'] else 'no'}), "
-            f"{info['threads']} torch threads: wall time {info['wall_s'] / 60:.1f} min, peak memory "
-            f"{info['peak_rss_gb']:.1f} GiB (finished {info['finished']}){resumed}.")
+            f"{info['threads']} torch threads: {wall}, peak memory {info['peak_rss_gb']:.1f} GiB (finished {info['finished']}).")
 
 
 def _subset(key: str) -> tuple[str, str]:

@@ -122,3 +122,25 @@ def test_test_sample_is_the_rows_compare_scores(tmp_path):
     assert sample_rows(full, len(full) + 5, 0).equals(full.reset_index(drop=True))
     with pytest.raises(ValueError, match="test_sample must be"):
         RecDataModule(str(split), "llara_movielens", str(backbone), test_sample=0)
+
+
+def test_run_info_adds_a_resuming_invocation_and_restarts_on_a_fresh_one(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from collab_llm.compare import PROFILES, write_run_info
+
+    def comp(skipped):
+        return SimpleNamespace(protocol="nextitem", skipped=skipped, profile=PROFILES["smoke"], methods=["sasrec", "head"],
+                               test_rows=lambda: [1, 2, 3])
+
+    path = write_run_info(tmp_path, "collab-llm compare a", 100.0, [comp([])])
+    first = json.loads(path.read_text())
+    assert first["wall_s"] == 100.0 and len(first["invocations"]) == 1 and first["cpu"]["model"]
+    assert first["protocols"]["nextitem"]["test_rows"] == 3 and first["protocols"]["nextitem"]["dtype"] == "float32"
+    resumed = json.loads(write_run_info(tmp_path, "collab-llm compare b", 30.0, [comp(["sasrec"])]).read_text())
+    assert resumed["wall_s"] == 130.0 and [i["command"] for i in resumed["invocations"]] == [
+        "collab-llm compare a", "collab-llm compare b"]
+    assert resumed["resumed"] == ["nextitem/sasrec"]
+    fresh = json.loads(write_run_info(tmp_path, "collab-llm compare c", 7.0, [comp([])]).read_text())
+    assert fresh["wall_s"] == 7.0 and len(fresh["invocations"]) == 1
