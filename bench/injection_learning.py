@@ -69,6 +69,7 @@ class Recipe:
     head_init_rows: int = 0  # 0: the run's budget of training prompts (steps x batch size)
     head_ridge: float = 100.0
     head_layer: int | None = None  # None: the final hidden state; k: decoder block k's output
+    head_target: str = "default"  # Yes/No alignment target: default (labels, bilinear) / signed_item / user
     yes_no_loss: str = "lm"
     lora_alpha: float = 32.0
     lora_dropout: float = 0.1
@@ -239,7 +240,7 @@ def train_llm(recipe: Recipe, split: Path, cf_dir: Path | None, args: argparse.N
         curriculum_steps=args.steps if recipe.regime == "curriculum" else None,
         scorer=recipe.scorer, head_loss=recipe.head_loss, projector_lr=recipe.projector_lr,
         train_lora=recipe.train_lora, head_init=recipe.head_init,
-        head_init_rows=recipe.head_init_rows or args.steps * args.batch_size, head_ridge=recipe.head_ridge, head_layer=recipe.head_layer, yes_no_loss=recipe.yes_no_loss, seed=args.seed, n_bootstrap=0,
+        head_init_rows=recipe.head_init_rows or args.steps * args.batch_size, head_ridge=recipe.head_ridge, head_layer=recipe.head_layer, head_target=recipe.head_target, yes_no_loss=recipe.yes_no_loss, seed=args.seed, n_bootstrap=0,
     )
     modes = ["text"] if recipe.regime == "text" else (["hybrid"] if recipe.regime == "joint" else ["text", "hybrid"])
     dm = RecDataModule(

@@ -778,6 +778,7 @@ class ILoRACollabLLM(CollabLLM):
         head_init_rows: int = 512,
         head_ridge: float = 100.0,
         fine_tune: bool = True,
+        head_target: Literal["default", "signed_item", "user"] = "default",
         head_layer: int | None = None,
         num_experts: int = 4,
         gate_hidden_dim: int | None = None,
@@ -794,7 +795,7 @@ class ILoRACollabLLM(CollabLLM):
             yes_no_loss=yes_no_loss, gradient_checkpointing=gradient_checkpointing, n_bootstrap=n_bootstrap, seed=seed,
             predictions_dir=predictions_dir, scorer=scorer, head_loss=head_loss, projector_lr=projector_lr,
             train_lora=train_lora, head_init=head_init, head_init_rows=head_init_rows, head_ridge=head_ridge,
-            fine_tune=fine_tune, head_layer=head_layer,
+            fine_tune=fine_tune, head_target=head_target, head_layer=head_layer,
         )
         cf_model = self.injector.cf_model
         self.ilora_config = ILoRAConfig(

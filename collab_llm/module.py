@@ -124,6 +124,13 @@ class CollabLLM(L.LightningModule):
             planted validation rows (README, "Injection that learns").
         train_lora: ``False`` keeps the LoRA weights at their initialisation (``lora_B = 0``: the
             plain backbone); an ablation of the head recipe.
+        head_target: what the Yes/No alignment pass fits (next-item: only ``"default"``, the true next
+            item's CF embedding): ``"default"``, the labels through the bilinear form
+            (:meth:`collab_llm.heads.ItemScoringHead.fit_bilinear`); ``"signed_item"``, least squares
+            of the query onto ``+e_item`` for a Yes row and ``-e_item`` for a No row (the labels, one
+            d-dimensional target per row); ``"user"``, least squares onto the user's CF embedding
+            (MF's user vector, which the prompt injects: the head then recovers MF's score from the
+            LLM's state, so its AUC is bounded by MF's).
         head_layer: which hidden state the head reads: ``None``, the final one (after the last
             block and the final norm); ``k``, the output of decoder block ``k`` (1-based), and the
             forward stops there (:func:`collab_llm.scoring.last_hidden_state`).
@@ -165,6 +172,7 @@ class CollabLLM(L.LightningModule):
         head_init_rows: int = 512,
         head_ridge: float = 100.0,
         fine_tune: bool = True,
+        head_target: Literal["default", "signed_item", "user"] = "default",
         head_layer: int | None = None,
     ) -> None:
         super().__init__()
@@ -189,6 +197,8 @@ class CollabLLM(L.LightningModule):
         self.regime = regime
         self.template = load_template(template)
         self.task: Task = self.template.task
+        if head_target not in ("default", "signed_item", "user") or (head_target != "default" and self.task != "yes_no"):
+            raise ValueError(f"head_target={head_target!r}: 'default', or for a yes_no template 'signed_item' / 'user'")
         if yes_no_loss not in ("lm", "bce"):
             raise ValueError(f"yes_no_loss must be 'lm' or 'bce', got {yes_no_loss!r}")
         if yes_no_loss == "bce" and self.task != "yes_no":
@@ -360,14 +370,19 @@ class CollabLLM(L.LightningModule):
                 else:
                     items.append(self.head_items(batch, "target")[:, 0].float().cpu())
                     labels.append(batch["label"].cpu())
+                    if self.hparams.head_target == "user":
+                        targets.append(self.injector.cf_model.user_embeddings(batch["users"].to(self.device)).float().cpu())
         finally:
             self.llm.train(was_training)
         where = self.head.mean.device
         h = torch.cat(hidden).to(where)
         if self.hparams.head_init == "standardize":
             self.head.fit_standardization(h)
-        elif self.task == "next_item":
+        elif self.task == "next_item" or self.hparams.head_target == "user":
             self.head.fit_least_squares(h, torch.cat(targets).to(where), float(self.hparams.head_ridge))
+        elif self.hparams.head_target == "signed_item":
+            signs = 2.0 * torch.cat(labels).to(where).float() - 1.0
+            self.head.fit_least_squares(h, signs[:, None] * torch.cat(items).to(where), float(self.hparams.head_ridge))
         else:
             self.head.fit_bilinear(h, torch.cat(items).to(where), torch.cat(labels).to(where), float(self.hparams.head_ridge))
         self.head_init_stats = {"rows": float(n), "tokens": float(tokens), "seconds": time.perf_counter() - t0}

@@ -233,3 +233,36 @@ def test_head_refuses_text_regime_and_generation(tmp_path):
     with pytest.raises(ValueError, match="eval_generation"):
         CollabLLM(backbone_path=str(backbone), template="head_next_item", regime="joint", scorer="head",
                   cf_model_path=str(cf["sasrec"]), eval_generation=True)
+
+
+@pytest.mark.parametrize("target", ["signed_item", "user"])
+def test_yes_no_alignment_targets_are_least_squares_fits(tmp_path, target):
+    module, data = _head_module(tmp_path, task="yes_no", head_init_rows=8, head_target=target, head_layer=1)
+    data.setup("fit")
+    module.initialize_head(data.datasets["train"], data.collator)
+    order = torch.randperm(len(data.datasets["train"]), generator=torch.Generator().manual_seed(5))[:8]
+    batch = data.collator([data.datasets["train"][int(i)] for i in order])
+    module.llm.eval()
+    embeds, mask = module.embed(batch["hybrid"], prompt_only=True)
+    cf = module.injector.cf_model
+    with torch.no_grad():
+        h = scoring.last_hidden_state(module.llm, embeds, mask, layer=1).float()
+        if target == "user":
+            y = cf.user_embeddings(batch["users"]).float()
+        else:
+            y = (2.0 * batch["label"].float() - 1.0)[:, None] * cf.item_embeddings(batch["item"]).float()
+    ref = ItemScoringHead(h.shape[1], y.shape[1])
+    ref.fit_least_squares(h, y, ridge=100.0)
+    assert torch.allclose(ref.query.net.weight, module.head.query.net.weight, atol=1e-4)
+    assert torch.allclose(ref.query.net.bias, module.head.query.net.bias, atol=1e-5)
+
+
+def test_head_target_and_layer_are_checked(tmp_path):
+    backbone = make_backbone_dir(tmp_path, "llama")
+    cf = make_cf_dirs(tmp_path)
+    with pytest.raises(ValueError, match="head_target"):
+        CollabLLM(backbone_path=str(backbone), template="head_next_item", regime="joint", scorer="head",
+                  cf_model_path=str(cf["sasrec"]), head_target="user")
+    with pytest.raises(ValueError, match="head_layer"):
+        CollabLLM(backbone_path=str(backbone), template="llara_movielens", regime="joint",
+                  cf_model_path=str(cf["sasrec"]), head_layer=2)
