@@ -720,6 +720,7 @@ def load_ilora_model(base_model: nn.Module, folder: str | os.PathLike) -> ILoRAM
 
 from collab_llm.backbone import DType  # noqa: E402  (Lightning side below; the core above needs none of it)
 from collab_llm.module import CollabLLM, EvalPrompt, HeadLoss, Regime, Scorer  # noqa: E402
+from collab_llm.sdpo import PreferenceConfig  # noqa: E402
 from projectors import ProjectorKind  # noqa: E402
 
 
@@ -778,6 +779,7 @@ class ILoRACollabLLM(CollabLLM):
         head_init_rows: int = 512,
         head_ridge: float = 100.0,
         fine_tune: bool = True,
+        preference: PreferenceConfig | None = None,
         num_experts: int = 4,
         gate_hidden_dim: int | None = None,
     ) -> None:
@@ -793,7 +795,7 @@ class ILoRACollabLLM(CollabLLM):
             yes_no_loss=yes_no_loss, gradient_checkpointing=gradient_checkpointing, n_bootstrap=n_bootstrap, seed=seed,
             predictions_dir=predictions_dir, scorer=scorer, head_loss=head_loss, projector_lr=projector_lr,
             train_lora=train_lora, head_init=head_init, head_init_rows=head_init_rows, head_ridge=head_ridge,
-            fine_tune=fine_tune,
+            fine_tune=fine_tune, preference=None,  # started below, once the gate network exists
         )
         cf_model = self.injector.cf_model
         self.ilora_config = ILoRAConfig(
@@ -808,6 +810,7 @@ class ILoRACollabLLM(CollabLLM):
         gate_names = [f"gate_network.{n}" for n, _ in self.gate_network.named_parameters()]
         self.lora_names = self.lora_names + gate_names  # trained, and frozen, with the LoRA
         self.trainable_keys = self.trainable_keys | {f"gate_network.{k}" for k in self.gate_network.state_dict()}
+        self.start_preference(preference)  # the reference holds the start's gate too: both passes are routed
 
     def before_llm_call(self, batch: dict[str, Any]) -> None:
         """Set the gate from ``batch["history"]`` ``(B, L)``: CF sequence representation -> (B, K) weights."""
