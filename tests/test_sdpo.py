@@ -301,3 +301,43 @@ def test_bad_starts_name_the_flag(tmp_path):
         _supervised(tmp_path, "text", gradient_checkpointing=True, preference=PreferenceConfig(str(text_ckpt)))
     with pytest.raises(UserError, match="next-item"):
         _supervised(tmp_path, "text", template="collm_movielens", preference=PreferenceConfig(str(text_ckpt)))
+
+
+# ------------------------------------------------------------------------------------------ configs, CLI
+@pytest.mark.parametrize("method,stage", [("llara", "sdpo"), ("tallrec", "dpo"), ("ilora", "sdpo")])
+def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method, stage):
+    import yaml
+
+    from collab_llm.ilora import ILoRACollabLLM
+    from collab_llm.llm_cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).resolve().parents[1] / "configs" / "llm"
+    fragment = yaml.safe_load((configs / "model" / f"{stage}.yaml").read_text())["model"]["preference"]
+    assert (fragment["beta"], fragment["num_negatives"]) == (1.0, 3 if stage == "sdpo" else 1)
+    regime = "text" if method == "tallrec" else "joint"
+    start = _supervised(tmp_path, regime, cls=ILoRACollabLLM if method == "ilora" else CollabLLM,
+                        lora_r=8, lora_alpha=32.0)
+    _randomise(start, 4)
+    args = [
+        "fit", "--config", str(configs / "trainer" / "cpu.yaml"), "--config", str(configs / "data" / "ml100k_loo.yaml"),
+        "--config", str(configs / "model" / f"{method}.yaml"), "--config", str(configs / "model" / f"{stage}.yaml"),
+        "--model.regime", regime, "--model.preference.start_from", str(_checkpoint(tmp_path, start)),
+        "--model.backbone_path", str(make_backbone_dir(tmp_path, "llama")),
+        "--data.data_dir", str(make_split(tmp_path, "next_item")), "--trainer.fast_dev_run", "1",
+        "--trainer.enable_progress_bar", "false", "--data.batch_size", "2", "--data.eval_batch_size", "6",
+        "--model.n_bootstrap", "10",
+    ]
+    if method != "tallrec":
+        args += ["--model.cf_model_path", str(make_cf_dirs(tmp_path)["sasrec"])]
+    if method == "ilora":
+        args += ["--model.num_experts", "2"]
+    cli = build_cli(args)
+    model = cli.model
+    assert isinstance(model, ILoRACollabLLM) == (method == "ilora")
+    assert model.preference is not None and model.training_stage()["name"] == stage
+    assert model.hparams.learning_rate == 1e-5 and model.regime == regime
+    assert cli.trainer.global_step == 1
+    assert 0.0 <= model.last_metrics["val/hr@1"] <= 1.0
+    moved = [k for k, v in start.trainable_state().items() if not torch.equal(model.trainable_state()[k], v)]
+    assert moved  # one S-DPO step moved the start's tensors
