@@ -341,3 +341,66 @@ def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method,
     assert 0.0 <= model.last_metrics["val/hr@1"] <= 1.0
     moved = [k for k, v in start.trainable_state().items() if not torch.equal(model.trainable_state()[k], v)]
     assert moved  # one S-DPO step moved the start's tensors
+
+
+# ------------------------------------------------------------------------------------------ compare
+def test_compare_preference_methods_args_and_validation(tmp_path):
+    from dataclasses import replace
+
+    from collab_llm import compare
+
+    profile = replace(compare.PROFILES["smoke"], llm_steps=5)
+    comp = compare.Comparison("nextitem", ["tallrec", "llara", "tallrec+sdpo", "llara+dpo"], profile, tmp_path,
+                              tmp_path / "r", backbone="unused")
+    for method, start, regime, stage in (("tallrec+sdpo", "tallrec", "text", "sdpo"), ("llara+dpo", "llara", "joint", "dpo")):
+        args = comp.llm_args(method)
+        last = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}
+        assert last["--model.preference.start_from"] == str(tmp_path / "r" / "runs" / start / "bundle")
+        assert last["--model.regime"] == regime and comp.regime(method) == regime
+        assert last["--trainer.max_steps"] == "5"  # the same budget as its start
+        configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
+        assert configs[-2:] == [str(comp.spec.llm_methods[start]), str(compare.PREFERENCE_STAGES[stage])]
+        assert ("--model.cf_model_path" in args) == (start != "tallrec")
+        assert comp.model_setting(method, "learning_rate") == 1e-5  # the stage's fragment wins
+    assert compare.start_method("llara+sdpo") == "llara" and compare.start_method("llara") is None
+    with pytest.raises(ValueError, match="list 'llara' before it"):
+        compare.Comparison("nextitem", ["llara+sdpo", "llara"], profile, tmp_path, tmp_path / "r")
+    with pytest.raises(ValueError, match="preference stage"):
+        compare.Comparison("nextitem", ["llara", "llara+ppo"], profile, tmp_path, tmp_path / "r")
+    with pytest.raises(ValueError, match="head"):
+        compare.Comparison("nextitem", ["head", "head+sdpo"], profile, tmp_path, tmp_path / "r")
+    with pytest.raises(ValueError, match="preference stage"):
+        compare.Comparison("yesno", ["tallrec", "tallrec+sdpo"], profile, tmp_path, tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_compare_smoke_with_preference_stages(tmp_path):
+    """tallrec, tallrec+sdpo and llara, llara+dpo end to end on the tiny model; paired differences to the start."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from collab_llm import compare
+    from collab_llm.bundle import BundleConfig
+
+    work = tmp_path / "work"
+    (work / "cf").mkdir(parents=True)
+    shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
+    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
+    profile = replace(compare.PROFILES["smoke"], test_rows=4, generate=False)
+    report = tmp_path / "report"
+    comp = compare.Comparison("nextitem", ["tallrec", "tallrec+sdpo", "llara", "llara+dpo"], profile, work, report,
+                              backbone=str(make_backbone_dir(tmp_path, "llama")), log=lambda msg: None)
+    comp.run()
+    records = json.loads((report / "results.json").read_text())
+    value = {(r["method"], r["metric"]): r["value"] for r in records}
+    for method, start in (("tallrec+sdpo", "tallrec"), ("llara+dpo", "llara")):
+        for metric in ("hr@1", "ndcg@10"):
+            assert value[(method, f"diff_vs_{start}_{metric}")] == pytest.approx(
+                value[(method, metric)] - value[(start, metric)])
+        stage = BundleConfig.read(report / "runs" / method / "bundle").stage
+        assert stage["name"] == method.split("+")[1] and stage["start_from"] == str(report / "runs" / start / "bundle")
+    assert BundleConfig.read(report / "runs" / "llara" / "bundle").stage == {"name": "supervised"}
+    assert ("llara+dpo", "diff_vs_tallrec_hr@1") in value  # and still against the text baseline
+    md = (report / "results.md").read_text()
+    assert "## Paired differences vs llara, tallrec" in md and "| llara+dpo |" in md
