@@ -404,3 +404,22 @@ def test_compare_smoke_with_preference_stages(tmp_path):
     assert ("llara+dpo", "diff_vs_tallrec_hr@1") in value  # and still against the text baseline
     md = (report / "results.md").read_text()
     assert "## Paired differences vs llara, tallrec" in md and "| llara+dpo |" in md
+
+
+# ------------------------------------------------------------------------------------------ bench
+@pytest.mark.slow
+def test_sdpo_step_bench_on_the_tiny_model(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "sdpo_step.py"
+    spec = importlib.util.spec_from_file_location("sdpo_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--tiny", "--work", str(tmp_path / "work"), "--batch-size", "2", "--rounds", "1",
+                         "--warmup", "0", "--threads", "1", "--num-negatives", "2", "--out", str(tmp_path / "r.json")])
+    for key in ("peak_rss_mb_supervised", "peak_rss_mb_sdpo", "step_s_supervised", "step_s_sdpo"):
+        assert result[key] > 0, key
+    assert result["peak_rss_ratio"] == pytest.approx(result["peak_rss_mb_sdpo"] / result["peak_rss_mb_supervised"])
+    assert result["step_time_ratio"] > 0 and result["num_negatives"] == 2 and result["tiny"] is True
+    assert result["reference_numel"] > 0  # the reference: a copy of the trainable tensors only
+    assert (tmp_path / "r.json").is_file() and (tmp_path / "work" / "planted_loo" / "manifest.json").is_file()
