@@ -377,20 +377,18 @@ def test_compare_preference_methods_args_and_validation(tmp_path):
 def test_compare_smoke_with_preference_stages(tmp_path):
     """tallrec, tallrec+sdpo and llara, llara+dpo end to end on the tiny model; paired differences to the start."""
     import json
-    import shutil
     from dataclasses import replace
+
+    from test_compare import _work  # the compare test's work folder: tiny split + SASRec, tiny backbone
 
     from collab_llm import compare
     from collab_llm.bundle import BundleConfig
 
-    work = tmp_path / "work"
-    (work / "cf").mkdir(parents=True)
-    shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
-    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
+    work, backbone = _work(tmp_path)
     profile = replace(compare.PROFILES["smoke"], test_rows=4, generate=False)
     report = tmp_path / "report"
     comp = compare.Comparison("nextitem", ["tallrec", "tallrec+sdpo", "llara", "llara+dpo"], profile, work, report,
-                              backbone=str(make_backbone_dir(tmp_path, "llama")), log=lambda msg: None)
+                              backbone=str(backbone), log=lambda msg: None)
     comp.run()
     records = json.loads((report / "results.json").read_text())
     value = {(r["method"], r["metric"]): r["value"] for r in records}
