@@ -4,7 +4,8 @@ A bundle folder (written atomically with :func:`collab_llm.io.atomic_dir`)::
 
     bundle/
       bundle.json          base model (local path or hub id), dtype, template, placeholder tokens and
-                           their ids, adapter kind / name, component paths, metrics, command
+                           their ids, adapter kind / name, component paths, metrics, command, and the
+                           training stage (supervised, or a preference stage: S-DPO / DPO and its start)
       README.md            model card: what is inside, metrics, the exact command, how to load
       adapter/             the LoRA adapter (peft ``save_pretrained``: adapter_config.json +
                            adapter_model.safetensors) or an iLoRA adapter + gate
@@ -39,7 +40,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from peft import PeftModel
@@ -59,6 +60,7 @@ CF_MODEL_DIR = "cf_model"
 DType = Literal["float32", "bfloat16"]
 AdapterKind = Literal["lora", "ilora"]
 _ADAPTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SUPERVISED_STAGE: dict[str, Any] = {"name": "supervised"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class BundleConfig:
         metrics: metric name -> value (floats; an Estimate is stored as value / ci_low / ci_high / n).
         command: the exact command that produced the bundle.
         task: free text, e.g. ``"next_item"`` / ``"yes_no"``.
+        stage: how the trainable tensors were trained: ``{"name": "supervised"}``, or a preference stage
+            (:meth:`collab_llm.sdpo.PreferenceStage.record`: ``name`` ``"sdpo"`` / ``"dpo"``, ``beta``,
+            ``num_negatives``, ``start_from``, ``reference``). Bundles written before this field read as
+            supervised.
     """
 
     base_model: str
@@ -92,6 +98,7 @@ class BundleConfig:
     metrics: dict[str, dict[str, float] | float] = field(default_factory=dict)
     command: str | None = None
     task: str | None = None
+    stage: dict[str, Any] = field(default_factory=lambda: dict(SUPERVISED_STAGE))
 
     def to_dict(self) -> dict:
         return {
@@ -108,6 +115,7 @@ class BundleConfig:
             "metrics": self.metrics,
             "command": self.command,
             "task": self.task,
+            "stage": dict(self.stage),
         }
 
     @classmethod
@@ -138,6 +146,9 @@ class BundleConfig:
         cf = raw.get("cf_model")
         if cf is not None and not isinstance(cf, str):
             raise ValueError(f"{path}: field 'cf_model' should be a folder name or null, got {cf!r}")
+        stage = raw.get("stage", SUPERVISED_STAGE)
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+            raise ValueError(f"{path}: field 'stage' should be {{name: str, ...}}, got {stage!r}")
         return cls(
             base_model=need("base_model", str),
             dtype=dtype,
@@ -151,6 +162,7 @@ class BundleConfig:
             metrics=raw.get("metrics") or {},
             command=raw.get("command"),
             task=raw.get("task"),
+            stage=dict(stage),
         )
 
 
@@ -199,6 +211,13 @@ def _metric_json(value: float | Estimate) -> dict[str, float] | float:
     return float(value)
 
 
+def _stage_text(stage: Mapping[str, Any]) -> str:
+    if stage.get("name") == "supervised":
+        return "supervised"
+    details = ", ".join(f"{k} `{v}`" for k, v in stage.items() if k != "name")
+    return f"{stage.get('name')} ({details})"
+
+
 def _model_card(config: BundleConfig, folder_name: str) -> str:
     lines = [
         f"# {folder_name}",
@@ -215,6 +234,7 @@ def _model_card(config: BundleConfig, folder_name: str) -> str:
     ]
     if config.task:
         lines.append(f"- task: {config.task}")
+    lines.append(f"- training stage: {_stage_text(config.stage)}")
     lines += ["", "## Metrics", ""]
     if config.metrics:
         lines += ["| metric | value | 95% CI | n |", "|---|---|---|---|"]
@@ -253,6 +273,7 @@ def save_bundle(
     metrics: Mapping[str, float | Estimate] | None = None,
     command: str | None = None,
     task: str | None = None,
+    stage: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle folder atomically (an existing one is replaced only when the new one is complete).
 
@@ -270,6 +291,8 @@ def save_bundle(
         adapter_name: which adapter of ``model`` to save (plain LoRA).
         metrics: name -> float or :class:`Estimate`, written to bundle.json and the model card.
         command: the exact command line that produced the bundle.
+        task: ``"next_item"`` / ``"yes_no"``.
+        stage: the training stage (``CollabLLM.training_stage()``); ``None``: supervised.
 
     Returns:
         the bundle folder.
@@ -303,6 +326,7 @@ def save_bundle(
         metrics={k: _metric_json(v) for k, v in (metrics or {}).items()},
         command=command,
         task=task,
+        stage=dict(stage) if stage is not None else dict(SUPERVISED_STAGE),
     )
     with atomic_dir(folder) as tmp:
         if kind == "ilora":

@@ -8,9 +8,16 @@ One comparison = one data protocol + a list of methods:
 - yes/no (the CoLLM MovieLens-1M preset): ``mf`` (the CF model alone), ``tallrec`` (CoLLM's
   text-only prompt), ``collm`` (two stages: LoRA on text, then the MF projector on hybrid prompts).
 
+Preference stages (next-item): ``X+sdpo`` / ``X+dpo`` for an LLM method ``X`` (``tallrec+sdpo``,
+``llara+sdpo``, ``ilora+dpo``, ...) continue ``X``'s finished run of the same report (its bundle is the
+start and the frozen reference) with S-DPO / DPO (:mod:`collab_llm.sdpo`) on the same training rows and
+candidates, under the same step budget; list ``X`` before it. The report pairs it with ``X``
+(``diff_vs_X_*``) as well as with TALLRec.
+
 Every LLM method is the LightningCLI run of ``configs/llm/trainer/cpu.yaml`` +
-``configs/llm/data/<protocol>.yaml`` + ``configs/llm/model/<method>.yaml`` with the profile's
-budget as overrides, so the report's commands can be rerun by hand. Each finished run writes
+``configs/llm/data/<protocol>.yaml`` + ``configs/llm/model/<method>.yaml`` (a preference stage: its
+start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides, so
+the report's commands can be rerun by hand. Each finished run writes
 ``<report>/runs/<method>/result.json`` (atomically); a rerun skips finished runs, so an
 interrupted comparison resumes where it stopped. The report (Markdown, CSV, JSON, PNG) is
 rewritten from all finished runs at the end.
@@ -154,15 +161,37 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
 }
 
 
+#: preference stage -> its model fragment, composed after the start method's (``<method>+<stage>``)
+PREFERENCE_STAGES: dict[str, Path] = {
+    "sdpo": CONFIGS / "llm" / "model" / "sdpo.yaml",
+    "dpo": CONFIGS / "llm" / "model" / "dpo.yaml",
+}
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """``"llara+sdpo"`` -> ``("llara", "sdpo")``; ``"llara"`` -> ``("llara", None)``."""
+    start, plus, stage = method.partition("+")
+    return (start, stage) if plus else (method, None)
+
+
+def start_method(method: str) -> str | None:
+    """A preference stage's supervised start (its paired-difference baseline); ``None`` for other methods."""
+    start, stage = split_method(method)
+    return start if stage is not None else None
+
+
 # ---------------------------------------------------------------------------------------- records
 TEXT_BASELINE = "tallrec"  # every other run with per-row predictions gets a paired difference to it
 INTERVALS = ("Intervals: 95% bootstrap over test rows (AUC, UAUC: over users); paired differences to "
-             f"`{TEXT_BASELINE}` resample the same rows (Yes/No: users) for both methods.")
+             f"`{TEXT_BASELINE}` (and of a preference stage `X+sdpo` to its start `X`) resample the same rows "
+             "(Yes/No: users) for both methods.")
 
 
 def report_records(result_paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The runs' records plus their paired differences to :data:`TEXT_BASELINE` (from their predictions)."""
-    return load_records(result_paths) + paired_difference_records(result_paths, baseline=TEXT_BASELINE)
+    """The runs' records plus their paired differences to :data:`TEXT_BASELINE` and, for preference
+    stages, to their start (from their predictions)."""
+    return (load_records(result_paths) + paired_difference_records(result_paths, baseline=TEXT_BASELINE)
+            + paired_difference_records(result_paths, baseline=start_method))
 
 
 def estimates_to_records(
@@ -234,10 +263,23 @@ class Comparison:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
         spec = PROTOCOLS[self.protocol]
         known = {spec.cf_method, *spec.llm_methods}
-        unknown = [m for m in self.methods if m not in known]
+        unknown = [m for m in self.methods if split_method(m)[0] not in known]
         if unknown:
-            raise ValueError(f"protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)} "
+                             f"(and <method>+{'|'.join(PREFERENCE_STAGES)} after an LLM method)")
         self.spec = spec
+        for i, method in enumerate(self.methods):
+            start, stage = split_method(method)
+            if stage is None:
+                continue
+            if stage not in PREFERENCE_STAGES or start not in spec.llm_methods or self.protocol != "nextitem":
+                raise ValueError(f"{method!r}: a preference stage is <next-item LLM method>+<"
+                                 f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
+            if self.model_setting(start, "scorer") == "head":
+                raise ValueError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
+            if start not in self.methods[:i]:
+                raise ValueError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
+                                 f"before it in --methods")
         self.profile = self.profile.for_protocol(self.protocol)
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
@@ -310,7 +352,7 @@ class Comparison:
         args = [
             "--config", str(CONFIGS / "llm" / "trainer" / "cpu.yaml"),
             "--config", str(self.spec.data_config),
-            "--config", str(self.spec.llm_methods[method]),
+            *[a for path in self.model_configs(method) for a in ("--config", str(path))],
             "--seed_everything", str(self.seed),
             "--model.backbone_path", self.backbone_path(),
             "--model.dtype", p.dtype,
@@ -332,8 +374,14 @@ class Comparison:
             args += ["--data.test_sample", str(p.test_rows), "--data.test_sample_seed", str(self.seed)]
         if self.protocol == "nextitem":
             args += ["--model.eval_generation", str(p.generate).lower(), "--model.max_new_tokens", str(p.max_new_tokens)]
-        if method != "tallrec":
+        start, stage = split_method(method)
+        if start != "tallrec":
             args += ["--model.cf_model_path", str(self.cf_dir)]
+        if stage is not None:
+            # the start's finished run is the stage's start and frozen reference; hybrid starts train on
+            # hybrid prompts throughout (no curriculum, no CoLLM stages in a preference stage)
+            args += ["--model.preference.start_from", str(self.run_dir(start) / "bundle"),
+                     "--model.regime", self.regime(method)]
         if self.regime(method) == "two_stage":
             # CoLLM within the shared budget: the first half of the steps is stage 1 (LoRA, text
             # prompts), the second half stage 2 (projector, hybrid prompts)
@@ -345,16 +393,26 @@ class Comparison:
             args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
         return args
 
+    def model_configs(self, method: str) -> list[Path]:
+        """The model fragments of a method, in order (a preference stage: its start's, then the stage's)."""
+        start, stage = split_method(method)
+        return [self.spec.llm_methods[start]] + ([PREFERENCE_STAGES[stage]] if stage is not None else [])
+
     def regime(self, method: str) -> str:
-        """The ``model.regime`` of a method's config fragment."""
-        return str(self.model_setting(method, "regime", "joint"))
+        """The ``model.regime`` of a method (a preference stage: ``text`` after a text-only start, else ``joint``)."""
+        start, stage = split_method(method)
+        regime = str(self.model_setting(start, "regime", "joint"))
+        return regime if stage is None or regime == "text" else "joint"
 
     def model_setting(self, method: str, key: str, default: Any = None) -> Any:
-        """A ``model`` setting of a method's config fragment (``default`` when it has none)."""
+        """A ``model`` setting of a method's config fragments, the last one that sets it (else ``default``)."""
         import yaml
 
-        model = yaml.safe_load(self.spec.llm_methods[method].read_text()).get("model") or {}
-        return (model.get("init_args") or model).get(key, default)
+        value = default
+        for path in self.model_configs(method):
+            model = yaml.safe_load(path.read_text()).get("model") or {}
+            value = (model.get("init_args") or model).get(key, value)
+        return value
 
     def base_record(self, method: str) -> dict[str, Any]:
         return {"protocol": f"{self.protocol}:{self.spec.split_name}", "method": method, "profile": self.profile.name,
@@ -401,7 +459,8 @@ class Comparison:
         n_params = sum(p.numel() for p in model.trainable_parameters())  # LoRA + projector (+ iLoRA gate)
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
-            "command": "collab-llm fit " + shlex.join(args), "config": str(self.spec.llm_methods[method].relative_to(REPO)),
+            "command": "collab-llm fit " + shlex.join(args),
+            "config": " + ".join(str(p.relative_to(REPO)) for p in self.model_configs(method)),
         }
         n = self.profile.n_bootstrap
         if self.protocol == "nextitem":
@@ -438,7 +497,7 @@ class Comparison:
             self.run_dir(method) / "bundle", llm, base_model=self.backbone_path(), dtype=model.hparams.dtype,
             template=model.hparams.template, placeholder_ids=model.placeholder_ids,
             projectors=roles or None, cf_model=model.injector.cf_model,
-            metrics=metrics, command=command, task=model.task,
+            metrics=metrics, command=command, task=model.task, stage=model.training_stage(),
         )
 
     def run(self) -> Path:
@@ -501,7 +560,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "report is written in <report-dir>")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head; "
-                        "yesno: mf tallrec collm head)")
+                        "yesno: mf tallrec collm head); next-item also X+sdpo / X+dpo after an LLM method X (a "
+                        "preference stage started from X's run)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
     p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")

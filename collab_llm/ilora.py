@@ -720,6 +720,7 @@ def load_ilora_model(base_model: nn.Module, folder: str | os.PathLike) -> ILoRAM
 
 from collab_llm.backbone import DType  # noqa: E402  (Lightning side below; the core above needs none of it)
 from collab_llm.module import CollabLLM, EvalPrompt, HeadLoss, Regime, Scorer  # noqa: E402
+from collab_llm.sdpo import PreferenceConfig  # noqa: E402
 from projectors import ProjectorKind  # noqa: E402
 
 
@@ -780,6 +781,7 @@ class ILoRACollabLLM(CollabLLM):
         fine_tune: bool = True,
         head_target: Literal["default", "signed_item", "user"] = "default",
         head_layer: int | None = None,
+        preference: PreferenceConfig | None = None,
         num_experts: int = 4,
         gate_hidden_dim: int | None = None,
     ) -> None:
@@ -796,6 +798,7 @@ class ILoRACollabLLM(CollabLLM):
             predictions_dir=predictions_dir, scorer=scorer, head_loss=head_loss, projector_lr=projector_lr,
             train_lora=train_lora, head_init=head_init, head_init_rows=head_init_rows, head_ridge=head_ridge,
             fine_tune=fine_tune, head_target=head_target, head_layer=head_layer,
+            preference=None,  # started below, once the gate network exists
         )
         cf_model = self.injector.cf_model
         self.ilora_config = ILoRAConfig(
@@ -810,6 +813,7 @@ class ILoRACollabLLM(CollabLLM):
         gate_names = [f"gate_network.{n}" for n, _ in self.gate_network.named_parameters()]
         self.lora_names = self.lora_names + gate_names  # trained, and frozen, with the LoRA
         self.trainable_keys = self.trainable_keys | {f"gate_network.{k}" for k in self.gate_network.state_dict()}
+        self.start_preference(preference)  # the reference holds the start's gate too: both passes are routed
 
     def before_llm_call(self, batch: dict[str, Any]) -> None:
         """Set the gate from ``batch["history"]`` ``(B, L)``: CF sequence representation -> (B, K) weights."""

@@ -33,6 +33,10 @@ warm / cold. Per-row predictions are kept in :attr:`CollabLLM.predictions` and w
 
 iLoRA (or any per-sample conditioning) subclasses and overrides :meth:`CollabLLM.before_llm_call`,
 called with the batch before every forward / generate of the LLM.
+
+Preference stage (``preference``, :mod:`collab_llm.sdpo`): the module starts from a supervised run's
+trainable tensors and trains the same parts with the S-DPO loss (DPO with one negative) instead of the
+language-modelling loss; the frozen reference is that start, swapped in for a no-grad pass.
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ from torch import nn
 from cf_models.training import warmup_cosine
 from collab_llm import scoring
 from collab_llm.backbone import DType, load_backbone, lora_config, mean_embedding_norm
+from collab_llm.errors import UserError
 from collab_llm.heads import ItemScoringHead
 from collab_llm.injection import SoftTokenInjector
 from collab_llm.io import atomic_file
 from collab_llm.prompts import ITEM_PLACEHOLDERS, USER_PLACEHOLDERS, Mode, Task, load_template
+from collab_llm.sdpo import PreferenceConfig, PreferenceStage
 from projectors.mlp import ProjectorKind, build_projector
 
 Regime = Literal["text", "joint", "curriculum", "two_stage"]
@@ -134,6 +140,10 @@ class CollabLLM(L.LightningModule):
         head_layer: which hidden state the head reads: ``None``, the final one (after the last
             block and the final norm); ``k``, the output of decoder block ``k`` (1-based), and the
             forward stops there (:func:`collab_llm.scoring.last_hidden_state`).
+        preference: a preference stage (:class:`collab_llm.sdpo.PreferenceConfig`: ``start_from``,
+            ``beta``, ``num_negatives``): start from that supervised checkpoint or bundle and train
+            with S-DPO (DPO for one negative) against it, frozen, as the reference. Next-item
+            likelihood scoring only; ``None``: the supervised losses above.
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class CollabLLM(L.LightningModule):
         fine_tune: bool = True,
         head_target: Literal["default", "signed_item", "user"] = "default",
         head_layer: int | None = None,
+        preference: PreferenceConfig | None = None,
     ) -> None:
         super().__init__()
         # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
@@ -293,6 +304,30 @@ class CollabLLM(L.LightningModule):
         self._eval_rows: list[dict[str, Any]] = []
         self.predictions: dict[str, pd.DataFrame] = {}
         self.last_metrics: dict[str, float] = {}
+        self.preference: PreferenceStage | None = None
+        self.start_preference(preference)
+
+    def start_preference(self, config: PreferenceConfig | None) -> None:
+        """Begin the preference stage (``None``: none): load the start, freeze it as the reference.
+
+        Called last by the constructor; a subclass that adds trainable parts (iLoRA's gate) passes
+        ``preference=None`` up and calls this itself once they exist.
+        """
+        if config is None:
+            return
+        if self.task != "next_item":
+            raise UserError(f"model.preference needs a next-item template (answers among candidates); "
+                            f"{self.hparams.template!r} is a {self.task} template")
+        if self.scorer != "likelihood":
+            raise UserError("model.preference trains the answers' likelihoods; set --model.scorer likelihood")
+        if self.hparams.gradient_checkpointing:
+            raise UserError("model.preference scores answers over the prompt's KV cache, which activation "
+                            "checkpointing drops in training; set --model.gradient_checkpointing false")
+        self.preference = PreferenceStage.start(self, config)
+
+    def training_stage(self) -> dict[str, Any]:
+        """How the trainable tensors were trained, as ``bundle.json`` records it."""
+        return self.preference.record() if self.preference is not None else {"name": "supervised"}
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -488,6 +523,15 @@ class CollabLLM(L.LightningModule):
         scores = self.head_scores(batch, mode, "candidates")
         return torch.nn.functional.cross_entropy(scores, batch["target_index"].to(self.device))
 
+    def preference_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
+        """The preference stage's S-DPO loss (:meth:`collab_llm.sdpo.PreferenceStage.loss`); logs its
+        rewards, margin and accuracy as ``train/sdpo_*``."""
+        out, stats = self.preference.loss(self, batch, mode)
+        if self._trainer is not None:
+            for key, value in stats.items():
+                self.log(f"train/sdpo_{key}", value, batch_size=int(out.per_row.shape[0]))
+        return out.loss
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         if not self.hparams.fine_tune:
             return None  # the head was fitted in closed form at train start: nothing left to update
@@ -496,7 +540,9 @@ class CollabLLM(L.LightningModule):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(self.hparams.seed) * 7_919 + step * 104_729 + int(self.global_rank))
-            if self.scorer == "head":
+            if self.preference is not None:
+                loss = self.preference_loss(batch, mode)
+            elif self.scorer == "head":
                 loss = self.head_loss(batch, mode)
             elif self.yes_no_loss == "bce":
                 loss = self.bce_loss(batch, mode)

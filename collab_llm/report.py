@@ -8,11 +8,13 @@ A *record* is one metric of one run::
 
 ``subset`` is ``all``, ``warm`` or ``cold`` (Yes/No protocol).
 
-*Paired difference* records (:func:`paired_difference_records`) compare an LLM method with its
-protocol's text-only baseline (TALLRec) on the same test rows: metric ``diff_vs_tallrec_hr@1`` (and
-``_ndcg@10``; Yes/No: ``_auc``), value = method - baseline, with the 95% paired bootstrap interval
-(one resample of rows -- Yes/No: of users -- serves both methods). They are computed from the runs'
-``predictions_test.parquet`` files and shown in their own table of ``results.md``.
+*Paired difference* records (:func:`paired_difference_records`) compare an LLM method with a
+baseline run on the same test rows -- its protocol's text-only baseline (TALLRec), or, for a
+preference stage ``X+sdpo``, its own supervised start ``X``: metric ``diff_vs_tallrec_hr@1`` /
+``diff_vs_X_hr@1`` (and ``_ndcg@10``; Yes/No: ``_auc``), value = method - baseline, with the 95% paired
+bootstrap interval (one resample of rows -- Yes/No: of users -- serves both methods). They are
+computed from the runs' ``predictions_test.parquet`` files and shown in their own table of
+``results.md``, one row per (method, baseline).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from collab_llm.io import atomic_file, write_json
 
@@ -82,8 +84,8 @@ def markdown_table(records: Sequence[Mapping]) -> str:
 def differences_table(records: Sequence[Mapping]) -> str:
     """The paired-difference records as a Markdown table ("" if there are none).
 
-    One row per (protocol, method, subset), one column per compared metric: ``diff [low, high]``
-    (method minus baseline; an interval excluding 0 is a difference the test rows resolve).
+    One row per (protocol, method, baseline, subset), one column per compared metric: ``diff [low,
+    high]`` (method minus baseline; an interval excluding 0 is a difference the test rows resolve).
     """
     diffs = [r for r in records if is_difference(r)]
     if not diffs:
@@ -96,15 +98,16 @@ def differences_table(records: Sequence[Mapping]) -> str:
             metric = metric[len(r["baseline"]) + 1:]
         if metric not in metrics:
             metrics.append(metric)
-        key = (r["protocol"], r["method"], r.get("subset", "all"))
+        key = (r["protocol"], r["method"], str(r.get("baseline", "?")), r.get("subset", "all"))
         row = rows.setdefault(key, {"n_test": r["n_test"], "unit": r.get("resampled", "rows")})
         row[metric] = f"{_fmt(r['value'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
-    head = ["protocol", "method", "subset", *[f"{m} diff" for m in metrics], "n_test", "resampled"]
+    head = ["protocol", "method", "subset", *[f"{m} diff" for m in metrics], "vs", "n_test", "resampled"]
     out = io.StringIO()
     out.write("| " + " | ".join(head) + " |\n")
     out.write("|" + "---|" * len(head) + "\n")
-    for (protocol, method, subset), row in rows.items():
-        cells = [protocol, method, subset, *[row.get(m, "") for m in metrics], str(row["n_test"]), row["unit"]]
+    for (protocol, method, baseline, subset), row in rows.items():
+        cells = [protocol, method, subset, *[row.get(m, "") for m in metrics], baseline, str(row["n_test"]),
+                 row["unit"]]
         out.write("| " + " | ".join(cells) + " |\n")
     return out.getvalue()
 
@@ -119,15 +122,16 @@ def _predictions_path(result_path: Path, data: Mapping) -> Path | None:
 
 
 def paired_difference_records(
-    results: Iterable[Path], baseline: str = "tallrec", n_resamples: int | None = None
+    results: Iterable[Path], baseline: str | Callable[[str], str | None] = "tallrec", n_resamples: int | None = None
 ) -> list[dict]:
-    """Paired differences of every run to its protocol's ``baseline`` run, on the same test rows.
+    """Paired differences of every run to a baseline run of its protocol, on the same test rows.
 
     Args:
         results: run ``result.json`` files (as written by ``collab-llm compare``); runs are grouped by
             their records' ``protocol``. A run takes part only if its per-row predictions
             (``predictions_test.parquet``, LLM runs) can be found, the baseline's too.
-        baseline: the method every other one is compared with (the text-only TALLRec).
+        baseline: the method every other one is compared with (the text-only TALLRec), or a function
+            giving each method's own baseline (``None``: none), e.g. a preference stage's start.
         n_resamples: bootstrap resamples (default: the run profile's ``n_bootstrap``, else 1000).
 
     Returns:
@@ -149,14 +153,14 @@ def paired_difference_records(
         preds = _predictions_path(path, data)
         if recs and preds is not None:
             runs[recs[0]["protocol"]][recs[0]["method"]] = (preds, recs[0], data)
+    baseline_of = baseline if callable(baseline) else (lambda method: baseline)
     out: list[dict] = []
     for protocol, by_method in runs.items():
-        if baseline not in by_method:
-            continue
-        base_frame = pd.read_parquet(by_method[baseline][0])
         for method, (preds, first, data) in by_method.items():
-            if method == baseline:
+            base = baseline_of(method)
+            if base is None or base == method or base not in by_method:
                 continue
+            base_frame = pd.read_parquet(by_method[base][0])
             frame = pd.read_parquet(preds)
             n = n_resamples or int((data.get("profile") or {}).get("n_bootstrap") or 1000)
             seed = int(first.get("seed", 0))
@@ -170,9 +174,9 @@ def paired_difference_records(
             seconds = time.perf_counter() - start
             for metric, est in diffs.items():
                 out.append({
-                    "protocol": protocol, "method": method, "metric": f"{DIFF_PREFIX}{baseline}_{metric}",
+                    "protocol": protocol, "method": method, "metric": f"{DIFF_PREFIX}{base}_{metric}",
                     "subset": "all", "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
-                    "n_test": est.n, "train_s": 0.0, "eval_s": seconds, "baseline": baseline, "resampled": unit,
+                    "n_test": est.n, "train_s": 0.0, "eval_s": seconds, "baseline": base, "resampled": unit,
                     "seed": seed, "profile": first.get("profile"),
                 })
     return out
