@@ -147,8 +147,11 @@ def catalog_sha256(split_dir: str | os.PathLike) -> str | None:
 
 
 def verify_split(split_dir: str | os.PathLike) -> None:
-    """Check the tables against the sha256 the manifest lists (manifests written before checksums: nothing to check)."""
+    """Check the tables against the sha256 the manifest lists (no manifest, or one written before checksums:
+    nothing to check)."""
     path = Path(split_dir) / "manifest.json"
+    if not path.exists():
+        return
     files = split_manifest(split_dir).get("files")
     if files is not None:
         verify_checksums(split_dir, files, path)
