@@ -30,6 +30,15 @@ class CollabLLMCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
         parser.link_arguments("model.init_args.template", "data.template")
 
+    def _check_artifacts(self) -> None:
+        """Before the trainer writes anything: refuse a CF model whose catalogue is not the split's."""
+        from collab_llm.module import check_cf_against_data
+
+        if isinstance(self.model, CollabLLM) and getattr(self.datamodule, "data_dir", None) is not None:
+            check_cf_against_data(self.model, self.datamodule.data_dir)
+
+    before_fit = before_validate = before_test = before_predict = _check_artifacts
+
 
 def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMCLI:
     """Parse ``argv`` (default ``sys.argv[1:]``), e.g. ``["fit", "--config", "x.yaml"]``, and run it.

@@ -706,13 +706,15 @@ def run_made_from(module: CollabLLM) -> dict[str, Any]:
     return out
 
 
-def check_cf_against_data(module: CollabLLM) -> None:
-    """Refuse (one line naming both folders) a CF model whose catalogue is not the data module's split."""
+def check_cf_against_data(module: CollabLLM, data_dir: str | Path | None = None) -> None:
+    """Refuse (one line naming both folders) a CF model whose catalogue is not the data module's split
+    (``data_dir``; default: the trainer's data module's)."""
     from collab_llm.fingerprint import check_cf_matches_split
 
     cf = module.injector.cf_model
     trainer = module._trainer
-    data_dir = getattr(getattr(trainer, "datamodule", None), "data_dir", None) if trainer is not None else None
+    if data_dir is None and trainer is not None:
+        data_dir = getattr(getattr(trainer, "datamodule", None), "data_dir", None)
     if cf is None or data_dir is None or not (Path(data_dir) / "manifest.json").is_file():
         return
     check_cf_matches_split(module.hparams.cf_model_path, int(cf.n_items), getattr(cf, "made_from", None), data_dir)
