@@ -55,6 +55,9 @@ def _n_users(data: CFDataModule) -> int:
 
 def build_cli(args: Sequence[str]) -> CFLightningCLI:
     """Parse ``args`` (``--config`` files and overrides) and instantiate trainer, task and data."""
+    from collab_llm.config_guard import check_class_paths
+
+    check_class_paths(args)  # a config may only name the project's (and torch/Lightning's) classes
     with warnings.catch_warnings():
         # we always pass args explicitly (collab-llm's own argv holds the 'cf fit' prefix)
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -46,6 +46,11 @@ def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMC
     With ``run=False`` pass no subcommand; the model / datamodule / trainer are only built.
     Returns the :class:`CollabLLMCLI` (``.model``, ``.datamodule``, ``.trainer``) for inspection.
     """
+    import sys
+
+    from collab_llm.config_guard import check_class_paths
+
+    check_class_paths(sys.argv[1:] if argv is None else argv)  # only the project's (and torch/Lightning's) classes
     return CollabLLMCLI(
         CollabLLM,
         RecDataModule,

@@ -249,6 +249,23 @@ CASES: list[Case] = [
     Case("cf fit: --export_dir locked by a live run", CF_FIT,
          [r"out: process \d+ on host \S+ since 2026-01-01T00:00:00 \(collab-llm other\) is writing it \(lock .*\.out\.lock\)"],
          lambda t: live_lock(t / "out")),
+    # --- configs: class_path restricted to the project's (and torch/Lightning's) classes -----------------------
+    Case("config: callback class os.system", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"evil\.yaml: key 'trainer\.callbacks\[1\]\.class_path' names class 'os\.system', which configs may not import"],
+         lambda t: write_config(t, lambda c: c["trainer"]["callbacks"].insert(1, {"class_path": "os.system"}))),
+    Case("config: model class subprocess.Popen", ["fit", "--config", "{t}/evil.yaml"],
+         [r"evil\.yaml: key 'model\.class_path' names class 'subprocess\.Popen'"],
+         lambda t: (t / "evil.yaml").write_text("model:\n  class_path: subprocess.Popen\n  init_args: {args: [ls]}\n")),
+    Case("config: --model.class_path override", ["cf", "fit", "--config", SASREC, "--model.class_path", "builtins.eval"],
+         [r"the command line: key 'model\.class_path' names class 'builtins\.eval'"]),
+    Case("config: inline callback override", ["cf", "fit", "--config", SASREC, "--trainer.callbacks+",
+                                              '{"class_path": "shutil.rmtree", "init_args": {"path": "/"}}'],
+         [r"the command line: key 'trainer\.callbacks\+\.class_path' names class 'shutil\.rmtree'"]),
+    Case("config: --data given as a file naming another class", ["cf", "fit", "--config", SASREC, "--data", "{t}/data.yaml"],
+         [r"data\.yaml: key 'data\.class_path' names class 'os\.remove'"],
+         lambda t: (t / "data.yaml").write_text("class_path: os.remove\ninit_args: {path: x}\n")),
+    Case("config: not YAML", ["cf", "fit", "--config", "{t}/evil.yaml"], [r"evil\.yaml: not a readable YAML config"],
+         lambda t: (t / "evil.yaml").write_text("model: [unclosed\n")),
     # --- compare: runs keyed by fingerprint ------------------------------------------------------------------
     Case("compare: --seed 1 into a seed-0 report", [*COMPARE, "--seed", "1"],
          [r"report/runs/sasrec/result\.json: this run finished under another seed \(0\), not 1", r"--report-dir"],
@@ -292,6 +309,16 @@ CASES: list[Case] = [
     Case("compare: CF model of another catalogue", COMPARE, [r"sasrec_ml100k_loo/config\.json records item catalogue"],
          lambda t: (make_work(t), edit_cf_made_from(t / "work" / "cf" / "sasrec_ml100k_loo", catalog_sha256="3" * 64))),
 ]
+
+
+def write_config(t: Path, change: Callable[[dict], None]) -> None:
+    """t/evil.yaml: the shipped SASRec config (split t/splitA) changed by ``change``."""
+    import yaml
+
+    config = yaml.safe_load(Path(SASREC).read_text())
+    config["data"]["init_args"]["split_dir"] = str(t / "splitA")
+    change(config)
+    (t / "evil.yaml").write_text(yaml.safe_dump(config))
 
 
 def edit_cf_made_from(folder: Path, **changes: object) -> None:
