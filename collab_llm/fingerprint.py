@@ -196,6 +196,17 @@ def check_cf_matches_split(cf_dir: str | os.PathLike, n_items: int, made_from: M
                      "split's test rows; train it on this split with collab-llm cf fit)")
 
 
+def check_cf_folder(cf_dir: str | os.PathLike, split_dir: str | os.PathLike) -> None:
+    """:func:`check_cf_matches_split` from the CF folder's ``config.json`` alone (no weights loaded);
+    folders without a CF config or a split manifest are left to the loaders to report."""
+    config_path = Path(cf_dir) / "config.json"
+    if not config_path.is_file() or not (Path(split_dir) / "manifest.json").is_file():
+        return
+    raw = read_json(config_path, "CF model config")
+    if isinstance(raw, dict) and isinstance(raw.get("n_items"), int):
+        check_cf_matches_split(cf_dir, raw["n_items"], raw.get("made_from"), split_dir)
+
+
 # ------------------------------------------------------------------------------------------ backbones
 def backbone_fingerprint(path: str | os.PathLike) -> dict[str, str | None]:
     """``{"path", "config_sha256"}`` of an HF model folder (the hash of its ``config.json``; None for a hub id)."""

@@ -30,14 +30,18 @@ class CollabLLMCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
         parser.link_arguments("model.init_args.template", "data.template")
 
-    def _check_artifacts(self) -> None:
-        """Before the trainer writes anything: refuse a CF model whose catalogue is not the split's."""
-        from collab_llm.module import check_cf_against_data
+    def before_instantiate_classes(self) -> None:
+        """Before the backbone loads or the trainer writes anything: refuse a CF model whose item catalogue
+        is not the data split's (both folders named; :func:`collab_llm.fingerprint.check_cf_folder`)."""
+        from collab_llm.fingerprint import check_cf_folder
 
-        if isinstance(self.model, CollabLLM) and getattr(self.datamodule, "data_dir", None) is not None:
-            check_cf_against_data(self.model, self.datamodule.data_dir)
-
-    before_fit = before_validate = before_test = before_predict = _check_artifacts
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        try:
+            cf_dir, data_dir = config.get("model.init_args.cf_model_path"), config.get("data.data_dir")
+        except (AttributeError, KeyError, TypeError):
+            return
+        if cf_dir and data_dir:
+            check_cf_folder(cf_dir, data_dir)
 
 
 def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMCLI:

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bad_input_prepare import GOOD_INTER, GOOD_ITEMS, snapshot  # noqa: E402
-from test_llm_fixtures import make_backbone_dir  # noqa: E402
+from test_llm_fixtures import make_backbone_dir, make_split  # noqa: E402
 
 from cf_models.base import CFModel  # noqa: E402
 from collab_llm import compare  # noqa: E402
@@ -162,6 +162,9 @@ class Case:
 VERIFY_CF = ["verify", "{t}/cf"]
 CF_TEST = ["cf", "test", "--config", SASREC, "--data.init_args.split_dir", "{t}/splitA", "--model_dir", "{t}/cf", *TINY]
 CF_FIT = ["cf", "fit", "--config", SASREC, "--data.init_args.split_dir", "{t}/splitA", "--export_dir", "{t}/out", *TINY]
+LLM_FIT = ["fit", "--config", str(REPO / "configs" / "llm" / "experiments" / "llara.yaml"), "--model.backbone_path",
+           "{t}/tiny-llama", "--data.data_dir", "{t}/split-next_item", "--model.cf_model_path", "{t}/cf",
+           "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false"]
 COMPARE = ["compare", "--protocol", "nextitem", "--methods", "sasrec", "--profile", "smoke", "--work-dir", "{t}/work",
            "--report-dir", "{t}/report"]
 
@@ -204,6 +207,9 @@ CASES: list[Case] = [
          [r"cf/config\.json records item catalogue \w+ but .*splitX has \w+", ALLOW_ENV]),
     Case("cf vs split: another split of the items", _with(CF_TEST, "--data.init_args.split_dir", "{t}/splitB"),
          [r"cf/config\.json records split .*splitA .* but .*splitB has split \w+", "test rows", ALLOW_ENV]),
+    Case("LLM fit: CF model of another catalogue", LLM_FIT,
+         [r"cf: the CF model has 8 items but the split .*split-next_item has 24: it was trained on another catalogue"],
+         lambda t: make_split(t, "next_item")),
     Case("verify --split: other items", ["verify", "{t}/cf", "--split", "{t}/splitX"],
          [r"records item catalogue .* but .*splitX has", ALLOW_ENV]),
     Case("cf test: model_dir is a split", _with(CF_TEST, "--model_dir", "{t}/splitB"), [r"splitB/config\.json is missing"]),
@@ -466,3 +472,40 @@ def test_compare_reuses_only_finished_cf_models_and_skips_identical_runs(base: P
     seeded = compare.Comparison("nextitem", ["sasrec"], compare.PROFILES["smoke"], tmp_path / "work", tmp_path / "r", seed=1)
     assert seeded.split_dir.name == "ml100k_loo-seed1" and seeded.cf_dir.name == "sasrec_ml100k_loo-seed1"
     assert not seeded.reusable_split()
+
+
+def test_kill_9_during_cf_fit_then_rerun_gives_the_uninterrupted_metrics(base: Path, tmp_path: Path) -> None:
+    """A real ``kill -9`` of ``collab-llm cf fit`` while it holds its export folder: the rerun takes the stale
+    lock over, leaves no leftovers and exports the same test metrics as an uninterrupted run."""
+    import signal
+    import subprocess
+    import time
+
+    _copy_base(base, tmp_path, ["splitA"])
+
+    def no_early_stop(config: dict) -> None:
+        config["trainer"]["callbacks"][0]["init_args"]["patience"] = 10**6
+
+    write_config(tmp_path, no_early_stop)  # t/evil.yaml: a run that only the kill ends
+    long_run = _with(_with(_argv(tmp_path, CF_FIT), "--config", str(tmp_path / "evil.yaml")), "--trainer.max_epochs", "100000")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "collab_llm.cli", *long_run], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = tmp_path / ".out.lock"
+    try:
+        deadline = time.time() + 120
+        while not lock.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert lock.exists(), "cf fit never took its lock"
+        time.sleep(0.5)  # training
+        assert proc.poll() is None, "cf fit ended before the kill"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads(lock.read_text())["pid"] == proc.pid  # the killed run's lock is left behind
+    assert not (tmp_path / "out").exists()  # nothing half-exported
+    assert cli_main(_argv(tmp_path, CF_FIT)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.yaml", "out", "splitA"]  # lock taken over, released
+    assert cli_main(_with(_argv(tmp_path, CF_FIT), "--export_dir", str(tmp_path / "again"))) == 0
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text())["test"] for d in ("out", "again")]
+    assert metrics[0] == metrics[1]
