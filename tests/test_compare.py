@@ -12,11 +12,9 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+from test_llm_fixtures import as_compare_work, make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
-from cf_models.base import CFModel  # noqa: E402
 from collab_llm import compare  # noqa: E402
-from collab_llm.fingerprint import split_sha256  # noqa: E402
 from collab_llm.report import REQUIRED_KEYS  # noqa: E402
 
 
@@ -25,12 +23,8 @@ def _work(tmp_path: Path) -> tuple[Path, Path]:
     work = tmp_path / "work"
     (work / "cf").mkdir(parents=True)
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
-    manifest = json.loads((work / "ml100k_loo" / "manifest.json").read_text())
-    manifest.update(protocol="nextitem/loo", source="ml-100k", seed=0)
-    (work / "ml100k_loo" / "manifest.json").write_text(json.dumps(manifest))
-    cf = CFModel.from_pretrained(make_cf_dirs(tmp_path)["sasrec"])
-    cf.save_pretrained(work / "cf" / "sasrec_ml100k_loo", extra_json={"metrics.json": {"train_seconds": 1.0}},
-                       made_from={"split_sha256": split_sha256(work / "ml100k_loo"), "seed": 0})
+    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
+    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
     return work, make_backbone_dir(tmp_path, "llama")
 
 
