@@ -18,7 +18,7 @@ class PreparedSplit:
 
     Attributes:
         folder: the folder.
-        manifest: parsed ``manifest.json`` (protocol, source, source_sha256, seed, filters, tables, n_users, n_items, stats).
+        manifest: parsed ``manifest.json`` (protocol, source, source_sha256, seed, filters, tables, n_users, n_items, stats, files: sha256 per table, verified on load).
     List columns (``history``, ``candidates``, ...) come back as numpy int64 arrays per row.
     """
 
