@@ -10,8 +10,9 @@ needs the embeddings; the CF training and evaluation code needs the scores:
 - ``full_scores(users=..., history=...) -> [B, n_items + 1]``: column 0 (padding) is ``-inf``.
 - ``pair_scores(items[B, C], users=..., history=...) -> [B, C]``: scores of given items.
 
-A checkpoint folder holds ``config.json`` (the config dataclass plus ``model_type``) and
-``model.safetensors``; it is written atomically and read without unpickling anything.
+A checkpoint folder holds ``config.json`` (the config dataclass plus ``model_type``, ``files``: the sha256
+of the other files, and ``made_from``: what it was trained on) and ``model.safetensors`` (+ ``metrics.json``
+from ``cf fit``); it is written atomically and read without unpickling anything, checksums verified.
 """
 
 from __future__ import annotations
@@ -19,16 +20,21 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from collab_llm.errors import UserError
+from collab_llm.fingerprint import canonical_sha256, file_checksums, read_json, verify_checksums
 from collab_llm.io import atomic_dir
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+METRICS_NAME = "metrics.json"
+FILES_KEY = "files"  # config.json: sha256 of the other files
+MADE_FROM_KEY = "made_from"  # config.json: split fingerprint, catalogue hash, seed (cf fit)
 
 # model_type -> class; filled by ``CFModel.__init_subclass__``.
 MODEL_REGISTRY: dict[str, type["CFModel"]] = {}
@@ -94,26 +100,59 @@ class CFModel(nn.Module):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- checkpoints
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically."""
+    #: what the model was made from (``config.json``'s ``made_from``), set by :meth:`from_pretrained`
+    made_from: dict[str, Any] | None = None
+    #: the fingerprint of the folder it was loaded from (:func:`collab_llm.fingerprint.cf_sha256`)
+    source_sha256: str | None = None
+
+    def save_pretrained(self, directory: str | Path, extra_json: Mapping[str, Any] | None = None,
+                        made_from: Mapping[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (+ ``extra_json``: file name -> JSON object, e.g.
+        ``metrics.json``) into ``directory`` atomically: the folder appears complete or not at all.
+
+        ``config.json`` also records ``files`` (sha256 of every other file, verified by
+        :meth:`from_pretrained`) and ``made_from`` (split fingerprint, seed, ...). An existing non-empty
+        ``directory`` is replaced only if it is a CF export (:func:`is_cf_export`).
+        """
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_dir(directory) as tmp:
-            config = {"model_type": self.model_type, **dataclasses.asdict(self.config)}
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        extra = dict(extra_json or {})
+        for name in extra:
+            if name in (CONFIG_NAME, WEIGHTS_NAME) or "/" in name or not name.endswith(".json"):
+                raise ValueError(f"extra_json file name {name!r} must be a plain *.json name other than {CONFIG_NAME}")
+        with atomic_dir(directory, may_replace=lambda p: is_cf_export(p) is None) as tmp:
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"model_type": self.model_type})
+            for name, obj in extra.items():
+                (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+            config = {"model_type": self.model_type, **dataclasses.asdict(self.config),
+                      FILES_KEY: file_checksums(tmp, [WEIGHTS_NAME, *extra])}
+            if made_from is not None:
+                config[MADE_FROM_KEY] = dict(made_from)
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "CFModel":
-        """Load a folder written by ``save_pretrained``. Called on ``CFModel`` it dispatches on ``model_type``."""
+        """Load a folder written by ``save_pretrained``. Called on ``CFModel`` it dispatches on ``model_type``.
+
+        The sha256 of the files ``config.json`` lists are verified first; a damaged file (garbled or
+        truncated weights, bad JSON) is a one-line :class:`~collab_llm.errors.UserError` naming it.
+        Folders written before checksums were recorded (no ``files``) load unverified.
+        """
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         weights_path = directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: not a CF model folder written by save_pretrained")
-        raw = json.loads(config_path.read_text())
+        raw = read_json(config_path, "CF model config")
+        if not isinstance(raw, dict):
+            raise UserError(f"{config_path}: not a CF model config (expected a JSON object)")
+        fingerprint = canonical_sha256(raw)  # = collab_llm.fingerprint.cf_sha256(directory)
+        files = raw.pop(FILES_KEY, None)
+        made_from = raw.pop(MADE_FROM_KEY, None)
+        if files is not None:
+            verify_checksums(directory, files, config_path)
         model_type = raw.pop("model_type", None)
         if model_type not in MODEL_REGISTRY:
             raise ValueError(
@@ -126,13 +165,57 @@ class CFModel(nn.Module):
         unknown = set(raw) - fields
         if unknown:
             raise ValueError(f"{config_path}: unknown fields {sorted(unknown)} for {klass.config_class.__name__}")
-        model = klass(klass.config_class(**raw))
-        state = load_file(str(weights_path), device=str(map_location))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            model = klass(klass.config_class(**raw))
+        except (TypeError, ValueError) as error:
+            raise UserError(f"{config_path}: {error}") from None
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+            raise UserError(f"{weights_path}: not a readable safetensors file ({str(error).splitlines()[0][:120]}); "
+                            "the file is damaged: write the model again") from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise UserError(f"{weights_path}: tensors do not fit {config_path} "
+                            f"({str(error).splitlines()[-1].strip()[:160]})") from None
         if missing or unexpected:
             raise ValueError(f"{weights_path}: missing tensors {missing}, unexpected tensors {unexpected}")
         model.eval()
+        model.made_from = made_from if isinstance(made_from, dict) else None
+        model.source_sha256 = fingerprint
         return model
+
+
+def is_cf_export(folder: str | Path) -> str | None:
+    """Why ``folder`` is not a CF export that :meth:`CFModel.save_pretrained` may replace, or None if it may
+    (missing, empty, or only ``config.json`` with a ``model_type``, ``model.safetensors`` and ``*.json`` files)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None if not folder.exists() else "is not a folder"
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return None
+    try:
+        raw = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raw = None
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        return f"is a non-empty folder without a CF model config.json (it holds {entries[:3]})"
+    other = [e for e in entries if not (folder / e).is_file() or not (e == WEIGHTS_NAME or e.endswith(".json"))]
+    if other:
+        return f"is a CF model folder that also holds files save_pretrained did not write ({other[:3]})"
+    return None
+
+
+def is_finished_export(folder: str | Path) -> bool:
+    """A ``cf fit`` export is finished only together with its metrics: ``config.json`` lists
+    ``metrics.json`` among its checksummed files (written in the same atomic step)."""
+    try:
+        raw = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and METRICS_NAME in (raw.get(FILES_KEY) or {}) and (Path(folder) / WEIGHTS_NAME).is_file()
 
 
 def check_ids(name: str, ids: torch.Tensor, upper: int) -> None:

@@ -13,6 +13,12 @@ A bundle folder (written atomically with :func:`collab_llm.io.atomic_dir`)::
       projectors/<name>/   each projector (``Projector.save_pretrained``), e.g. ``item``, ``user``
       cf_model/            the frozen CF model (``CFModel.save_pretrained``), optional
 
+``bundle.json`` also records ``files`` (the sha256 of every other file) and ``made_from`` (the CF model's
+and the split's fingerprints, the backbone's path and config hash, template, seed, budget).
+:func:`load_bundle` verifies both before loading anything (``verify=False`` skips it): a changed or damaged
+file, or a CF model other than the one the bundle was trained with, is a one-line
+:class:`~collab_llm.errors.UserError` naming the file.
+
 The frozen base LLM is *not* copied: ``bundle.json`` names it, and :func:`load_bundle` loads it with
 :func:`collab_llm.backbone.load_backbone` (same placeholder tokens, checked to get the same ids) or
 puts the adapter on a backbone the caller already holds.
@@ -34,11 +40,10 @@ folder. A per-sample iLoRA gate cannot be merged (refused).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -47,6 +52,8 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from collab_llm.errors import UserError
+from collab_llm.fingerprint import all_files, canonical_sha256, file_checksums, read_json
 from collab_llm.io import atomic_dir, atomic_file, write_json
 from collab_llm.metrics import Estimate
 
@@ -84,6 +91,9 @@ class BundleConfig:
             (:meth:`collab_llm.sdpo.PreferenceStage.record`: ``name`` ``"sdpo"`` / ``"dpo"``, ``beta``,
             ``num_negatives``, ``start_from``, ``reference``). Bundles written before this field read as
             supervised.
+        made_from: what the bundle was trained from (``cf_model_sha256``, ``split_sha256``, ``backbone``
+            {path, config_sha256}, ``template``, ``seed``, ``budget``); see :func:`collab_llm.fingerprint`.
+        files: relative path -> sha256 of every file but ``bundle.json`` (verified by :func:`load_bundle`).
     """
 
     base_model: str
@@ -99,6 +109,8 @@ class BundleConfig:
     command: str | None = None
     task: str | None = None
     stage: dict[str, Any] = field(default_factory=lambda: dict(SUPERVISED_STAGE))
+    made_from: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -116,6 +128,8 @@ class BundleConfig:
             "command": self.command,
             "task": self.task,
             "stage": dict(self.stage),
+            "made_from": self.made_from,
+            "files": self.files,
         }
 
     @classmethod
@@ -123,8 +137,9 @@ class BundleConfig:
         path = Path(folder) / BUNDLE_CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; {folder} is not a collab-llm bundle")
-        with open(path) as handle:
-            raw = json.load(handle)
+        raw = read_json(path, "bundle config")
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: not a bundle config (expected a JSON object)")
 
         def need(key: str, kind: type | tuple[type, ...]):
             if key not in raw:
@@ -163,6 +178,8 @@ class BundleConfig:
             command=raw.get("command"),
             task=raw.get("task"),
             stage=dict(stage),
+            made_from=dict(raw.get("made_from") or {}),
+            files=dict(raw.get("files") or {}),
         )
 
 
@@ -274,6 +291,7 @@ def save_bundle(
     command: str | None = None,
     task: str | None = None,
     stage: Mapping[str, Any] | None = None,
+    made_from: Mapping[str, object] | None = None,
 ) -> Path:
     """Write a bundle folder atomically (an existing one is replaced only when the new one is complete).
 
@@ -293,6 +311,8 @@ def save_bundle(
         command: the exact command line that produced the bundle.
         task: ``"next_item"`` / ``"yes_no"``.
         stage: the training stage (``CollabLLM.training_stage()``); ``None``: supervised.
+        made_from: what it was trained from (:func:`bundle_made_from`); the CF model's fingerprint is
+            added from ``cf_model`` when it was loaded from a folder.
 
     Returns:
         the bundle folder.
@@ -327,6 +347,7 @@ def save_bundle(
         command=command,
         task=task,
         stage=dict(stage) if stage is not None else dict(SUPERVISED_STAGE),
+        made_from=bundle_made_from(made_from, cf_model),
     )
     with atomic_dir(folder) as tmp:
         if kind == "ilora":
@@ -343,11 +364,47 @@ def save_bundle(
         for role, projector in projectors.items():
             projector.save_pretrained(tmp / PROJECTORS_DIR / role)
         if cf_model is not None:
-            cf_model.save_pretrained(tmp / CF_MODEL_DIR)
-        write_json(tmp / BUNDLE_CONFIG_NAME, config.to_dict())
+            cf_model.save_pretrained(tmp / CF_MODEL_DIR, made_from=getattr(cf_model, "made_from", None))
+            copied = canonical_sha256(read_json(tmp / CF_MODEL_DIR / "config.json"))
+            config = replace(config, made_from={**config.made_from, "cf_model_sha256": copied})
         with atomic_file(tmp / "README.md") as handle:
             handle.write(_model_card(config, folder.name))
+        config = replace(config, files=file_checksums(tmp, all_files(tmp, exclude=[BUNDLE_CONFIG_NAME])))
+        write_json(tmp / BUNDLE_CONFIG_NAME, config.to_dict())
     return folder
+
+
+def bundle_made_from(made_from: Mapping[str, object] | None, cf_model: torch.nn.Module | None) -> dict:
+    """``made_from`` plus, when ``cf_model`` was loaded from a folder, the fingerprint of that folder
+    (``cf_model_source_sha256``) and what the CF model was itself made from (``cf_made_from``)."""
+    out = dict(made_from or {})
+    source = getattr(cf_model, "source_sha256", None)
+    if source and "cf_model_source_sha256" not in out:
+        out["cf_model_source_sha256"] = source
+    cf_made = getattr(cf_model, "made_from", None)
+    if cf_made and "cf_made_from" not in out:
+        out["cf_made_from"] = cf_made
+    return out
+
+
+def verify_bundle(folder: str | os.PathLike, config: BundleConfig | None = None) -> BundleConfig:
+    """Check a bundle before loading it: the CF model inside is the one it was trained with, and every
+    file has the sha256 ``bundle.json`` records. Raises a one-line :class:`UserError` naming the file."""
+    from collab_llm.fingerprint import mismatch, short, verify_checksums
+
+    folder = Path(folder)
+    config = config or BundleConfig.read(folder)
+    path = folder / BUNDLE_CONFIG_NAME
+    recorded = config.made_from.get("cf_model_sha256")
+    if config.cf_model is not None and recorded:
+        cf_config = folder / config.cf_model / "config.json"
+        current = canonical_sha256(read_json(cf_config, "CF model config"))
+        if current != recorded:
+            mismatch("CF model", short(str(recorded)), path, f"CF model {short(current)}", folder / config.cf_model,
+                     "the bundle was trained with another CF model; put that one back (or train a bundle with this one)")
+    if config.files:
+        verify_checksums(folder, config.files, path)
+    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +431,7 @@ def load_bundle(
     base: "object | None" = None,
     adapter_name: str | None = None,
     base_model: str | None = None,
+    verify: bool = True,
 ) -> LoadedBundle:
     """Load a bundle, onto a fresh base, an already-loaded :class:`collab_llm.backbone.Backbone`, or
     next to another bundle's adapter.
@@ -388,12 +446,16 @@ def load_bundle(
             the bundle folder's name (made an identifier) when added next to another bundle.
         base_model: override the base path of bundle.json when ``base`` is None (e.g. the
             bundle was trained on another machine).
+        verify: check the CF model's fingerprint and every file's sha256 first (:func:`verify_bundle`);
+            ``False`` loads whatever is there.
     """
     from collab_llm.backbone import Backbone, load_backbone
     from collab_llm.ilora import load_ilora_model
 
     folder = Path(folder)
     config = BundleConfig.read(folder)
+    if verify:
+        verify_bundle(folder, config)
     adapter_dir = folder / ADAPTER_DIR
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir / 'adapter_config.json'}: missing; the bundle has no adapter")

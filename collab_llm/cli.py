@@ -5,6 +5,7 @@
     collab-llm cf fit --config ...         train a CF backbone (MF, SASRec) with Lightning
     collab-llm fit|test|predict --config   train / evaluate an LLM recommender (LightningCLI)
     collab-llm compare ...                 run several methods on the same data and write a report
+    collab-llm verify PATH [--split DIR]   check a split, CF model or bundle: checksums, fingerprints
     collab-llm main                        the quick next-item comparison on MovieLens-100K + SmolLM2
 
 Heavy imports happen inside each subcommand so that ``--help`` answers at once.
@@ -23,7 +24,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from collab_llm.errors import USER_ERROR_EXIT, UserError
+from collab_llm.errors import USER_ERROR_EXIT, UserError, user_error_in
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"LightningCLI {name} of an LLM recommender from YAML configs", add_help=False)
     sub.add_parser("compare", help="compare methods on one protocol and write a report", add_help=False)
     sub.add_parser("main", help="the quick comparison on MovieLens-100K + SmolLM2 (README's main job)", add_help=False)
+    v = sub.add_parser("verify", help="check a split, CF model or bundle folder (checksums, what it was made from)")
+    v.add_argument("path", help="a split folder (manifest.json), CF model folder (config.json) or bundle (bundle.json)")
+    v.add_argument("--split", default=None, help="with a CF model: also check it against this split's item catalogue")
     return p
 
 
@@ -65,7 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     while argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
     try:
-        return _dispatch(argv)
+        try:
+            return _dispatch(argv)
+        except ValueError as error:  # a config parser's wrapper around a user error: report the error itself
+            cause = user_error_in(error)
+            if cause is None or cause is error:
+                raise
+            raise cause from error
     except (UserError, FileNotFoundError) as error:
         if debug:
             traceback.print_exc()
@@ -106,8 +116,46 @@ def _dispatch(argv: list[str]) -> int:
         from collab_llm.compare import main_job
 
         return main_job(rest) or 0
+    if command == "verify":
+        return verify(parser.parse_args(argv))
     parser.error(f"unknown command {command!r}")
     return 2
+
+
+def verify(args: argparse.Namespace) -> int:
+    """``collab-llm verify PATH``: verify an artifact folder and print one line ``ok: <kind> <path> <fingerprint>``."""
+    from pathlib import Path
+
+    from collab_llm import fingerprint as fp
+
+    path = Path(args.path)
+    if (path / "bundle.json").is_file():
+        from collab_llm.bundle import verify_bundle
+
+        config = verify_bundle(path)
+        if config.cf_model is not None:
+            from cf_models.base import CFModel
+
+            CFModel.from_pretrained(path / config.cf_model)
+        kind, digest = "bundle", fp.canonical_sha256(fp.read_json(path / "bundle.json"))
+    elif (path / "manifest.json").is_file():
+        from collab_llm.data import load_split
+
+        load_split(path)
+        kind, digest = "split", fp.split_sha256(path)
+    elif (path / "config.json").is_file() or (path / "model.safetensors").is_file():
+        import cf_models.mf  # noqa: F401 - registers the model types
+        import cf_models.sasrec  # noqa: F401
+        from cf_models.base import CFModel
+
+        model = CFModel.from_pretrained(path)
+        if args.split:
+            fp.check_cf_matches_split(path, model.n_items, model.made_from, args.split)
+        kind, digest = "CF model", model.source_sha256
+    else:
+        raise UserError(f"{path}: not a split (manifest.json), CF model (config.json) or bundle (bundle.json) folder")
+    print(f"ok: {kind} {path} sha256 {digest}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,11 +16,14 @@ candidates, under the same step budget; list ``X`` before it. The report pairs i
 
 Every LLM method is the LightningCLI run of ``configs/llm/trainer/cpu.yaml`` +
 ``configs/llm/data/<protocol>.yaml`` + ``configs/llm/model/<method>.yaml`` (a preference stage: its
-start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides, so
-the report's commands can be rerun by hand. Each finished run writes
-``<report>/runs/<method>/result.json`` (atomically); a rerun skips finished runs, so an
-interrupted comparison resumes where it stopped. The report (Markdown, CSV, JSON, PNG) is
-rewritten from all finished runs at the end.
+start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides, so the report's commands can be rerun by hand. Each finished run writes
+``<report>/runs/<method>/result.json`` (atomically) with its fingerprint (:meth:`Comparison.run_fingerprint`:
+seed, budget, backbone, method config, split and CF model hashes); a rerun skips a finished run only when
+its fingerprint is the same, so an interrupted comparison resumes where it stopped, and refuses one made
+under another fingerprint (naming what changed) rather than mixing it into the report. The report
+(Markdown, CSV, JSON, PNG) is rewritten from all finished runs at the end. The work folder's split and CF
+model are reused only if they are what this comparison would make (protocol, dataset, seed; the CF model
+finished with its metrics and trained on that split); the report folder is locked while compare runs.
 """
 
 from __future__ import annotations
@@ -288,11 +291,16 @@ class Comparison:
 
     @property
     def split_dir(self) -> Path:
-        return self.work_dir / self.spec.split_name
+        return self.work_dir / (self.spec.split_name + self._seed_suffix)
 
     @property
     def cf_dir(self) -> Path:
-        return self.work_dir / "cf" / f"{self.spec.cf_method}_{self.spec.split_name}"
+        return self.work_dir / "cf" / f"{self.spec.cf_method}_{self.spec.split_name}{self._seed_suffix}"
+
+    @property
+    def _seed_suffix(self) -> str:
+        """Work folders of seed 0 keep their plain names; another seed prepares and trains its own."""
+        return "" if self.seed == 0 else f"-seed{self.seed}"
 
     def run_dir(self, method: str) -> Path:
         return self.report_dir / "runs" / method
@@ -310,7 +318,7 @@ class Comparison:
         from collab_llm import data
         from collab_llm.assets import ensure_assets
 
-        if not (self.split_dir / "manifest.json").exists():
+        if not self.reusable_split():
             paths = ensure_assets(log=self.log)
             self.log(f"[compare] preparing {self.spec.dataset} / {self.spec.prepare_protocol} -> {self.split_dir}")
             folder = paths.ml100k if self.spec.dataset == "ml-100k" else paths.ml1m
@@ -319,7 +327,7 @@ class Comparison:
                 data.prepare_nextitem(raw, self.split_dir, protocol=self.spec.prepare_protocol, seed=self.seed)
             else:
                 data.prepare_yesno(raw, self.split_dir, preset=self.spec.prepare_protocol, seed=self.seed)
-        if not (self.cf_dir / "config.json").exists():
+        if not self.reusable_cf():
             self.log(f"[compare] training the CF model ({self.spec.cf_method}) -> {self.cf_dir}")
             from cf_models.cli import fit
 
@@ -498,27 +506,143 @@ class Comparison:
             template=model.hparams.template, placeholder_ids=model.placeholder_ids,
             projectors=roles or None, cf_model=model.injector.cf_model,
             metrics=metrics, command=command, task=model.task, stage=model.training_stage(),
+            made_from={**model.made_from(), **self.run_fingerprint(method), "template": model.hparams.template},
         )
 
+    # ------------------------------------------------------------------ fingerprints and reuse
+    def uses_cf_model(self, method: str) -> bool:
+        return method == self.spec.cf_method or split_method(method)[0] != "tallrec"
+
+    def run_fingerprint(self, method: str, early: bool = False) -> dict[str, Any]:
+        """What a run is made from: seed, budget (profile), method config (the hash of its config files),
+        backbone (path + config hash; LLM methods), and unless ``early``: the split's and the CF model's
+        fingerprints. Two runs with the same fingerprint are the same run."""
+        from collab_llm.fingerprint import backbone_fingerprint, canonical_sha256, cf_sha256, split_sha256
+
+        if method == self.spec.cf_method:
+            configs = [self.spec.cf_config]
+        else:
+            configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_configs(method)]
+        out: dict[str, Any] = {
+            "seed": self.seed, "profile": json.loads(json.dumps(asdict(self.profile))),
+            "method_config_sha256": canonical_sha256({str(c.relative_to(REPO)): c.read_text() for c in configs}),
+            "backbone": None if method == self.spec.cf_method else backbone_fingerprint(self.backbone_path()),
+        }
+        if not early:
+            out["split_sha256"] = split_sha256(self.split_dir)
+            out["cf_model_sha256"] = cf_sha256(self.cf_dir) if self.uses_cf_model(method) else None
+        return out
+
+    def finished(self, method: str, early: bool = False) -> bool:
+        """Whether ``method`` has a finished run with this comparison's fingerprint (then it is skipped).
+
+        A finished run with another fingerprint is refused, naming what differs (use another
+        ``--report-dir`` or delete the run folder); ``early`` checks what is known before the split and
+        CF model are ready (seed, budget, backbone, method config)."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import read_json, short
+
+        path = self.run_dir(method) / "result.json"
+        if not path.exists():
+            return False
+        stored = read_json(path, "compare run result")
+        if not isinstance(stored, dict):
+            raise UserError(f"{path}: not a compare run result (expected a JSON object); delete {path.parent}")
+        fingerprint = stored.get("fingerprint")
+        if not isinstance(fingerprint, dict):  # written before fingerprints: the budget and the records' seed
+            records = stored.get("records") or []
+            fingerprint = {"profile": stored.get("profile"),
+                           "seed": records[0].get("seed") if records and isinstance(records[0], dict) else None}
+        current = self.run_fingerprint(method, early=early)
+        labels = {"seed": "seed", "profile": "budget", "backbone": "backbone", "method_config_sha256": "method config",
+                  "split_sha256": "data split", "cf_model_sha256": "CF model"}
+        for key, label in labels.items():
+            if key not in current or key not in fingerprint:
+                continue
+            old, new = fingerprint[key], current[key]
+            if key == "backbone" and isinstance(old, dict) and isinstance(new, dict):
+                if old.get("config_sha256") == new.get("config_sha256") and old.get("path") == new.get("path"):
+                    continue
+            elif old == new:
+                continue
+            show = (lambda v: short(v) if isinstance(v, str) and len(v) == 64 else v)
+            raise UserError(f"{path}: this run finished under another {label} ({show(old)}), not {show(new)}; "
+                            f"use another --report-dir or delete {path.parent} to run it again")
+        return True
+
+    def reusable_split(self) -> bool:
+        """True if the work folder holds the split this comparison needs; False if there is none; a folder
+        compare would not have made (another protocol, dataset or seed, or not a split) is refused."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import split_manifest, verify_split
+
+        folder = self.split_dir
+        if not folder.exists() or (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())):
+            return False
+        hint = "use another --work-dir, or move the folder away"
+        manifest_path = folder / "manifest.json"
+        if folder.is_symlink() or not folder.is_dir() or not manifest_path.is_file():
+            raise UserError(f"{folder}: not a split folder compare made (no manifest.json); {hint}")
+        verify_split(folder)
+        manifest = split_manifest(folder)
+        want = {"protocol": self.spec.prepare_protocol, "source": self.spec.dataset, "seed": self.seed}
+        got = {"protocol": str(manifest.get("protocol", "")).rsplit("/", 1)[-1], "source": manifest.get("source"),
+               "seed": manifest.get("seed")}
+        if got != want:
+            raise UserError(f"{folder}: holds a split of {got['source']} / {got['protocol']} / seed {got['seed']}, not the "
+                            f"{want['source']} / {want['protocol']} / seed {want['seed']} this comparison needs; {hint}")
+        return True
+
+    def reusable_cf(self) -> bool:
+        """True if the work folder holds a finished CF model (with its metrics) trained on this split and
+        seed; False if there is none or a CF export without metrics (a killed run's: trained again); a
+        folder that is not a CF export, or one trained on another split or seed, is refused."""
+        from cf_models.base import CFModel, is_cf_export, is_finished_export
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import check_cf_matches_split
+
+        folder = self.cf_dir
+        if not folder.exists() or (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())):
+            return False
+        problem = "is a symbolic link" if folder.is_symlink() else is_cf_export(folder)
+        if problem is not None:
+            raise UserError(f"{folder}: {problem}; compare did not make it: use another --work-dir, or move it away")
+        if not is_finished_export(folder):
+            self.log(f"[compare] {folder}: a CF model without its metrics (an interrupted export): training it again")
+            return False
+        model = CFModel.from_pretrained(folder)  # verifies the checksums
+        made = model.made_from or {}
+        check_cf_matches_split(folder, model.n_items, made, self.split_dir)
+        if made.get("seed") is not None and made.get("seed") != self.seed:
+            raise UserError(f"{folder / 'config.json'}: the CF model was trained with seed {made.get('seed')}, "
+                            f"this comparison uses seed {self.seed}; use another --work-dir, or move it away")
+        return True
+
     def run(self) -> Path:
-        """Run every method not finished yet, then rewrite the report. Returns ``results.md``."""
+        """Run every method not finished yet, then rewrite the report. Returns ``results.md``.
+
+        The report folder is locked meanwhile (:func:`collab_llm.io.output_lock`): a second compare into
+        it is refused, naming this one's process."""
+        from collab_llm.io import output_lock
+
+        with output_lock(self.report_dir, command="collab-llm compare"):
+            return self._run()
+
+    def _run(self) -> Path:
+        for method in self.methods:  # before any work: a finished run of another seed / budget / backbone
+            self.finished(method, early=True)
         self.prepare()
         test_rows = self.test_rows()
         for method in self.methods:
             result_path = self.run_dir(method) / "result.json"
-            if result_path.exists():
-                stored = json.loads(result_path.read_text()).get("profile")
-                if stored != json.loads(json.dumps(asdict(self.profile))):
-                    raise ValueError(
-                        f"{result_path}: this run finished under another budget ({stored}), not profile "
-                        f"{asdict(self.profile)}; use another --report-dir or delete {result_path.parent}"
-                    )
+            if self.finished(method):
                 self.log(f"[compare] {method}: already finished ({result_path}), skipped")
                 self.skipped.append(method)
                 continue
             torch.manual_seed(self.seed)
             result = self.run_cf_alone() if method == self.spec.cf_method else self.run_llm(method)
             result["profile"] = asdict(self.profile)
+            result["fingerprint"] = self.run_fingerprint(method)
             result["n_test_rows"] = len(test_rows)
             write_json(result_path, result)
         return self.write()

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+from collab_llm.fingerprint import verify_split
 from collab_llm.prompts import Mode, Task, load_template
 
 
@@ -155,6 +156,7 @@ class RecDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.collator is None:
+            verify_split(self.data_dir)  # the tables' sha256 against the manifest's (collab_llm.fingerprint)
             tokenizer, placeholder_ids = load_tokenizer(self.tokenizer_path)
             titles = titles_from_items(self._read_items(), str(self.data_dir / "items.parquet"))
             self.collator = PromptCollator(

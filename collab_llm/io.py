@@ -6,6 +6,12 @@ one is in place. Siblings of either kind left by a run that was killed (their pr
 are cleaned at the start of the next run on the same target; a ``.old-`` folder whose target is missing
 (killed between the two renames) is moved back first, so nothing is lost. ``atomic_dir`` never replaces
 a file or a symbolic link, and with ``may_replace`` only a folder that predicate accepts.
+
+Concurrent writers: :func:`output_lock` holds ``.<name>.lock`` next to a target (process id, host, start
+time, command) for as long as a command writes it; a second writer is refused with a message naming the
+holder. A lock whose process no longer runs on this host is stale and taken over. ``atomic_dir`` takes the
+lock while it writes; commands that compute for long before writing (``cf fit``, ``compare``) take it for
+their whole run. Nested locks by the same process are free.
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ import json
 import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -93,22 +102,91 @@ def atomic_dir(target: str | os.PathLike, may_replace: Callable[[Path], bool] | 
                             "(choose another output path)")
 
     check()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    with output_lock(target):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        try:
+            yield tmp
+            if os.path.lexists(target):
+                check()  # again: the target may have changed while the new folder was being written
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                if os.path.lexists(old):
+                    shutil.rmtree(old)
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of ``target``: ``.<name>.lock`` next to it."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
     try:
-        yield tmp
-        if os.path.lexists(target):
-            check()  # again: the target may have changed while the new folder was being written
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            if os.path.lexists(old):
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        holder = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _lock_is_stale(holder: dict[str, Any] | None, path: Path) -> bool:
+    if holder is None:  # unreadable: stale once it is old enough not to be a lock being written right now
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except FileNotFoundError:
+            return True
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
+    """Hold ``.<name>.lock`` next to ``target`` while the block runs (see the module doc).
+
+    Refuses (:class:`~collab_llm.errors.UserError`) when another live process holds it, naming its
+    process id, host, start time and command; takes over a stale lock (its process is gone).
+    """
+    target = Path(target)
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command or " ".join(sys.argv[:4])}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is not None and holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                yield path  # this process holds it already (a nested write)
+                return
+            if _lock_is_stale(holder, path):
+                # take the stale lock over: move it aside first, so that two takers cannot both win
+                aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, aside)
+                    os.unlink(aside)
+                continue
+            who = (f"process {holder.get('pid')} on host {holder.get('host')} since {holder.get('started')} "
+                   f"({holder.get('command')})") if holder else "another process"
+            raise UserError(f"{target}: {who} is writing it (lock {path}); wait for it to finish, or delete the "
+                            "lock file if that process is gone")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        break
+    else:
+        raise UserError(f"{target}: could not take the lock {path} (other processes keep taking it)")
+    try:
+        yield path
+    finally:
+        if (_read_lock(path) or {}).get("pid") == me["pid"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 @contextlib.contextmanager

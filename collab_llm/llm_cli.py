@@ -30,6 +30,19 @@ class CollabLLMCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
         parser.link_arguments("model.init_args.template", "data.template")
 
+    def before_instantiate_classes(self) -> None:
+        """Before the backbone loads or the trainer writes anything: refuse a CF model whose item catalogue
+        is not the data split's (both folders named; :func:`collab_llm.fingerprint.check_cf_folder`)."""
+        from collab_llm.fingerprint import check_cf_folder
+
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        try:
+            cf_dir, data_dir = config.get("model.init_args.cf_model_path"), config.get("data.data_dir")
+        except (AttributeError, KeyError, TypeError):
+            return
+        if cf_dir and data_dir:
+            check_cf_folder(cf_dir, data_dir)
+
 
 def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMCLI:
     """Parse ``argv`` (default ``sys.argv[1:]``), e.g. ``["fit", "--config", "x.yaml"]``, and run it.
@@ -37,6 +50,11 @@ def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMC
     With ``run=False`` pass no subcommand; the model / datamodule / trainer are only built.
     Returns the :class:`CollabLLMCLI` (``.model``, ``.datamodule``, ``.trainer``) for inspection.
     """
+    import sys
+
+    from collab_llm.config_guard import check_class_paths
+
+    check_class_paths(sys.argv[1:] if argv is None else argv)  # only the project's (and torch/Lightning's) classes
     return CollabLLMCLI(
         CollabLLM,
         RecDataModule,

@@ -12,17 +12,19 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+from test_llm_fixtures import as_compare_work, make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
 from collab_llm import compare  # noqa: E402
 from collab_llm.report import REQUIRED_KEYS  # noqa: E402
 
 
 def _work(tmp_path: Path) -> tuple[Path, Path]:
+    """A work folder as compare makes it: the split of its protocol / dataset / seed, a finished CF model."""
     work = tmp_path / "work"
     (work / "cf").mkdir(parents=True)
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
     shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
+    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
     return work, make_backbone_dir(tmp_path, "llama")
 
 

@@ -97,3 +97,20 @@ def make_cf_dirs(root: Path) -> dict[str, Path]:
         MatrixFactorization(MFConfig(n_users=N_USERS, n_items=N_ITEMS, embedding_dim=8)).save_pretrained(out["mf"])
         SASRec(SASRecConfig(n_items=N_ITEMS, hidden_size=8, num_layers=1, num_heads=2, max_len=10, ffn_dim=16)).save_pretrained(out["sasrec"])
     return out
+
+
+def as_compare_work(split_dir: Path, cf_dir: Path, protocol: str, source: str, seed: int = 0) -> None:
+    """Make a test split + CF folder look like what ``compare`` makes for a protocol: the manifest names its
+    ``protocol`` (e.g. ``nextitem/loo``), ``source`` (``ml-100k``) and seed, and the CF model is a finished
+    export (``metrics.json`` written with it) made from that split."""
+    import json
+
+    from cf_models.base import CFModel
+    from collab_llm.fingerprint import split_sha256
+
+    manifest = json.loads((split_dir / "manifest.json").read_text())
+    manifest.update(protocol=protocol, source=source, seed=seed)
+    (split_dir / "manifest.json").write_text(json.dumps(manifest))
+    cf = CFModel.from_pretrained(cf_dir)
+    cf.save_pretrained(cf_dir, extra_json={"metrics.json": {"train_seconds": 1.0}},
+                       made_from={"split_sha256": split_sha256(split_dir), "seed": seed})

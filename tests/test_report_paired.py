@@ -27,7 +27,7 @@ from collab_llm import compare, metrics, report, scoring
 from collab_llm.module import write_predictions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+from test_llm_fixtures import as_compare_work, make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
 torch.set_num_threads(1)
 N_USERS, N_ITEMS = 40, 30
@@ -43,6 +43,7 @@ def _yesno_work(tmp_path: Path) -> Path:
         mf.user_embedding.weight[1:, 0] = torch.tensor([1.0 if u % 2 else -1.0 for u in range(1, N_USERS + 1)])
         mf.item_embedding.weight[1:, 0] = torch.tensor([1.0 if i % 2 else -1.0 for i in range(1, N_ITEMS + 1)])
     mf.save_pretrained(work / "cf" / "mf_ml1m_collm")
+    as_compare_work(work / "ml1m_collm", work / "cf" / "mf_ml1m_collm", "yesno/collm", "ml-1m")  # as compare makes it
     return work
 
 
@@ -193,6 +194,7 @@ def test_nextitem_compare_reports_paired_differences_from_real_runs(tmp_path):
     (work / "cf").mkdir(parents=True)
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
     shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
+    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
     profile = replace(compare.PROFILES["smoke"], test_rows=4, generate=False)
     comp = compare.Comparison("nextitem", ["tallrec", "llara"], profile, work, tmp_path / "report",
                               backbone=str(make_backbone_dir(tmp_path, "llama")), log=lambda msg: None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ class PreparedSplit:
 
     Attributes:
         folder: the folder.
-        manifest: parsed ``manifest.json`` (protocol, source, source_sha256, seed, filters, tables, n_users, n_items, stats).
+        manifest: parsed ``manifest.json`` (protocol, source, source_sha256, seed, filters, tables, n_users, n_items, stats, files: sha256 per table, verified on load).
     List columns (``history``, ``candidates``, ...) come back as numpy int64 arrays per row.
     """
 
@@ -85,8 +84,16 @@ def load_split(folder: str | Path) -> PreparedSplit:
             f"{folder}: not a prepared split ({MANIFEST} missing); create it with collab_llm.data.prepare_* "
             "(an interrupted run leaves no folder at all, so this folder came from elsewhere)"
         )
-    manifest = json.loads(path.read_text())
+    from collab_llm.fingerprint import read_json
+
+    manifest = read_json(path, "split manifest")
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a collab-llm split manifest (a JSON object)")
     for key in ("protocol", "tables", "n_users", "n_items", "seed"):
         if key not in manifest:
             raise ValueError(f"{path}: field {key!r} missing; expected a collab-llm split manifest")
+    if manifest.get("files") is not None:  # sha256 of every table (splits written before checksums: none)
+        from collab_llm.fingerprint import verify_checksums
+
+        verify_checksums(folder, manifest["files"], path)
     return PreparedSplit(folder=folder, manifest=manifest)

@@ -3,7 +3,7 @@
 Folder layout (docs/DESIGN.md): ``items.parquet``, ``users.parquet``, ``interactions.parquet`` (with a
 ``split`` column in {train, valid, test, unused}) and the protocol's tables, plus ``manifest.json``
 with ``protocol``, ``source``, ``source_sha256``, ``seed``, ``filters``, ``tables`` (rows per table),
-``n_users``, ``n_items`` and protocol-specific ``stats``. The folder is built in a temporary sibling
+``n_users``, ``n_items``, protocol-specific ``stats`` and ``files`` (sha256 of every table). The folder is built in a temporary sibling
 and renamed (:func:`collab_llm.io.atomic_dir`), so a half-written split never exists.
 
 An existing folder is replaced only when it is a split folder this module wrote (:func:`foreign_content`
@@ -25,6 +25,7 @@ import collab_llm
 from collab_llm.data.interactions import InteractionData
 from collab_llm.data.ragged import Ragged
 from collab_llm.errors import UserError
+from collab_llm.fingerprint import file_checksums
 from collab_llm.io import atomic_dir, write_json
 
 SPLITS = ("train", "valid", "test", "unused")
@@ -169,6 +170,8 @@ def write_split(
     with atomic_dir(out, may_replace=lambda p: foreign_content(p) is None) as tmp:
         for name, table in all_tables.items():
             pq.write_table(table, tmp / f"{name}.parquet")
+        # sha256 of every table: the manifest's hash is the split's fingerprint (collab_llm.fingerprint)
+        manifest["files"] = file_checksums(tmp, [f"{name}.parquet" for name in all_tables])
         write_json(tmp / MANIFEST, manifest)
     return Path(out)
 
