@@ -96,6 +96,11 @@ def recipes(task: str) -> dict[str, Recipe]:
             "head_last_nolora": Recipe("head_last_nolora", "head_last_item", "joint", scorer="head",
                                        projector="scaled_llara_mlp", projector_lr=3e-3, max_history=1,
                                        train_lora=False),
+            # "head" reading decoder block 4 (chosen on planted + ML-100K validation rows) and its ablation
+            "head_l4": Recipe("head_l4", "head_next_item", "joint", scorer="head", projector="scaled_llara_mlp",
+                              fine_tune=False, head_layer=4),
+            "head_l4_last": Recipe("head_l4_last", "head_last_item", "joint", scorer="head",
+                                   projector="scaled_llara_mlp", max_history=1, fine_tune=False, head_layer=4),
             # ablation of "head": the prompt reduced to the last item's soft token, same closed-form head
             "head_last": Recipe("head_last", "head_last_item", "joint", scorer="head", projector="scaled_llara_mlp",
                                 max_history=1, fine_tune=False),
@@ -108,6 +113,9 @@ def recipes(task: str) -> dict[str, Recipe]:
                             lora_alpha=16.0, lora_dropout=0.05, yes_no_loss="bce"),
         "head": Recipe("head", "head_yes_no", "joint", scorer="head", projector="scaled_collm_mlp",
                        lora_alpha=16.0, lora_dropout=0.05, fine_tune=False),
+        # block 4, least squares onto +-e_item (chosen on Yes/No validation rows)
+        "head_l4": Recipe("head_l4", "head_yes_no", "joint", scorer="head", projector="scaled_collm_mlp",
+                          lora_alpha=16.0, lora_dropout=0.05, fine_tune=False, head_layer=4, head_target="signed_item"),
         "head_collm_prompt": Recipe("head_collm_prompt", "collm_movielens", "joint", scorer="head",
                                     projector="scaled_collm_mlp", lr=5e-4, projector_lr=3e-3, lora_alpha=16.0,
                                     lora_dropout=0.05),

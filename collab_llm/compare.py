@@ -139,24 +139,26 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         dataset="ml-100k", prepare_protocol="loo", split_name="ml100k_loo", cf_method="sasrec",
         cf_config=CONFIGS / "cf" / "sasrec_ml100k_loo.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml100k_loo.yaml",
-        default_methods=("sasrec", "tallrec", "llara", "ilora", "head"),
+        default_methods=("sasrec", "tallrec", "llara", "ilora", "head", "head_l4"),
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec.yaml",
             "llara": CONFIGS / "llm" / "model" / "llara.yaml",
             "ilora": CONFIGS / "llm" / "model" / "ilora.yaml",
             # not a paper's: the item-scoring head fitted in closed form (README "Injection that learns")
             "head": CONFIGS / "llm" / "model" / "head.yaml",
+            "head_l4": CONFIGS / "llm" / "model" / "head_l4.yaml",  # the head reading decoder block 4
         },
     ),
     "yesno": ProtocolSpec(
         dataset="ml-1m", prepare_protocol="collm", split_name="ml1m_collm", cf_method="mf",
         cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml1m_collm.yaml",
-        default_methods=("mf", "tallrec", "collm", "head"),
+        default_methods=("mf", "tallrec", "collm", "head", "head_l4"),
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec_collm.yaml",
             "collm": CONFIGS / "llm" / "model" / "collm_yes_no.yaml",
             "head": CONFIGS / "llm" / "model" / "head_yes_no.yaml",
+            "head_l4": CONFIGS / "llm" / "model" / "head_l4_yes_no.yaml",
         },
         # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
         train_table="train_256",
@@ -683,8 +685,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="one protocol, or several: each runs into <report-dir>/<protocol>/ and a combined "
                         "report is written in <report-dir>")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head; "
-                        "yesno: mf tallrec collm head); next-item also X+sdpo / X+dpo after an LLM method X (a "
+                   help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head head_l4; "
+                        "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
                         "preference stage started from X's run)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")

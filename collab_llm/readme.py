@@ -53,6 +53,8 @@ _LABELS = {
     "text": "TALLRec (text-only prompt)",
     "head": "**head** (hybrid prompt, item-scoring head fitted in closed form)",
     "head_last": "ablation: the same head, prompt reduced to the last item's soft token",
+    "head_l4": "**head_l4** (the head reading decoder block 4)",
+    "head_l4_last": "ablation: head_l4, prompt reduced to the last item's soft token",
     "llara": "LLaRA (hybrid, curriculum, likelihood)",
     "collm": "CoLLM (two stages)",
 }
@@ -157,7 +159,8 @@ def render_precision(r: dict[str, Any], root: Path = ROOT) -> str:
 _METHODS = {
     "sasrec": "SASRec alone", "mf": "MF alone", "tallrec": "TALLRec (text)",
     "llara": "LLaRA (hybrid, curriculum)", "ilora": "iLoRA (4 experts)", "collm": "CoLLM (MF tokens, two stages)",
-    "head": "**head** (hybrid, item-scoring head fitted in closed form)",
+    "head": "head (hybrid, item-scoring head fitted in closed form, final hidden state)",
+    "head_l4": "**head_l4** (the same head reading decoder block 4)",
 }
 
 
@@ -251,6 +254,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted": ("results/injection_planted.json", render_injection),
     "injection_ml100k": ("results/injection_ml100k.json", render_injection),
     "injection_yesno": ("results/injection_yesno.json", render_injection),
+    "injection_planted_l4": ("results/injection_planted_l4.json", render_injection),
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
     "full_profile": ("results/results.json", _comparison_section("results")),

@@ -58,7 +58,7 @@ def test_the_comparison_tables_come_from_the_report_records(tmp_path):
     rows = [line for line in lines if line.startswith("| ") and "[" in line]
     assert rows[0].startswith("| SASRec alone | 0.600 [0.500, 0.700] | 0.800 [0.700, 0.900] | 12 | 3 |")
     assert rows[1].startswith("| TALLRec (text) | 0.050")
-    assert rows[2].startswith("| **head**") and "| +0.350 [+0.250, +0.450] | +0.350" in rows[3]
+    assert rows[2].startswith("| head (hybrid") and "| +0.350 [+0.250, +0.450] | +0.350" in rows[3]
     assert "| MF alone | 0.760 [0.660, 0.860] | — | 0.820 [0.720, 0.920] | — | 12 | 3 |" in text
     assert "Some CPU (avx2, native bf16: no), 2 torch threads: wall time 10.0 min" in text
     assert "resumed runs (not in the wall time): yesno/mf" in text
