@@ -210,12 +210,18 @@ def is_cf_export(folder: str | Path) -> str | None:
 
 def is_finished_export(folder: str | Path) -> bool:
     """A ``cf fit`` export is finished only together with its metrics: ``config.json`` lists
-    ``metrics.json`` among its checksummed files (written in the same atomic step)."""
+    ``metrics.json`` among its checksummed files (written in the same atomic step). An export written
+    before checksums (no files list) counts as finished when its weights and ``metrics.json`` are there:
+    retraining it would silently replace the model that earlier runs were trained with."""
     try:
         raw = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(raw, dict) and METRICS_NAME in (raw.get(FILES_KEY) or {}) and (Path(folder) / WEIGHTS_NAME).is_file()
+    if not isinstance(raw, dict) or not (Path(folder) / WEIGHTS_NAME).is_file():
+        return False
+    if FILES_KEY not in raw:  # a legacy export
+        return (Path(folder) / METRICS_NAME).is_file()
+    return METRICS_NAME in (raw.get(FILES_KEY) or {})
 
 
 def check_ids(name: str, ids: torch.Tensor, upper: int) -> None:

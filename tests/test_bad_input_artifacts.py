@@ -509,3 +509,19 @@ def test_kill_9_during_cf_fit_then_rerun_gives_the_uninterrupted_metrics(base: P
     assert cli_main(_with(_argv(tmp_path, CF_FIT), "--export_dir", str(tmp_path / "again"))) == 0
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text())["test"] for d in ("out", "again")]
     assert metrics[0] == metrics[1]
+
+
+def test_a_legacy_cf_export_with_metrics_counts_as_finished(tmp_path: Path) -> None:
+    """An export written before checksums (no files list) is not retrained by compare when its metrics
+    are there: that would replace the model earlier runs were trained with."""
+    from cf_models.base import is_finished_export
+
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "sasrec", "n_items": 5}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert not is_finished_export(folder)  # no metrics: an interrupted export
+    (folder / "metrics.json").write_text("{}")
+    assert is_finished_export(folder)
+    edit_json(folder / "config.json", files={"model.safetensors": "0" * 64})  # a checksummed export without metrics
+    assert not is_finished_export(folder)
