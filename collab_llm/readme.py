@@ -249,6 +249,25 @@ def _comparison_section(folder: str) -> Callable[[Any, Path], str]:
     return render
 
 
+def render_length_grouping(r: dict[str, Any], root: Path = ROOT) -> str:
+    """Markdown of one ``bench/length_grouping.py`` result."""
+    cpu = r["cpu"]
+    lines = [f"Measured by `{r['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: "
+             f"{'yes' if cpu['native_bf16'] else 'no'}), {r['threads']} threads: the first {r['batches']} training "
+             f"batches of {r['batch_size']} prompts in each order (mega-batches of {r['megabatch']} batches).", "",
+             "| prompt view | padding share, plain shuffle | padding share, grouped | padded tokens plain / grouped |",
+             "|---|---|---|---|"]
+    for mode in ("text", "hybrid"):
+        if f"{mode}_padded_tokens_ratio" in r:
+            lines.append(f"| {mode} | {r[f'{mode}_plain_padding_share']:.3f} | {r[f'{mode}_grouped_padding_share']:.3f} | "
+                         f"{r[f'{mode}_padded_tokens_ratio']:.3f}x |")
+    if "step_time_ratio_total" in r:
+        lines += ["", f"Training steps on the text view ({r['dtype']} backbone, LoRA, the two orders interleaved): "
+                      f"{r['step_s_total_plain']:.1f} s plain vs {r['step_s_total_grouped']:.1f} s grouped over the same "
+                      f"number of batches, **{r['step_time_ratio_total']:.2f}x**."]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 #: section name -> (result file, renderer ``(result, repository root) -> markdown``)
 SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted": ("results/injection_planted.json", render_injection),
@@ -257,6 +276,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted_l4": ("results/injection_planted_l4.json", render_injection),
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
+    "length_grouping": ("results/length_grouping.json", render_length_grouping),
     "full_profile": ("results/results.json", _comparison_section("results")),
     "main_job": ("results/main_job/results.json", _comparison_section("results/main_job")),
 }
