@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[kind] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"[sdpo_step] {kind}: RSS {runs[kind]['rss_built_mb']:.0f} MB built, peak {runs[kind]['peak_rss_mb']:.0f} "
                   f"MB; step {runs[kind]['step_s']:.3f} s (median of {a.rounds})", flush=True)
+    from collab_llm.backbone import cpu_description
+
     sup, sdpo = runs["supervised"], runs["sdpo"]
     result: dict[str, Any] = {
         "model": a.model, "tiny": a.tiny, "dtype": a.dtype, "threads": a.threads, "batch_size": a.batch_size,
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "step_rss_mb_sdpo": sdpo["peak_rss_mb"] - sdpo["rss_built_mb"],
         "step_s_supervised": sup["step_s"], "step_s_sdpo": sdpo["step_s"],
         "step_time_ratio": sdpo["interleaved_time_ratio"], "reference_numel": sdpo["reference_numel"],
+        "cpu": cpu_description(),
     }
     print(f"[sdpo_step] peak RSS S-DPO / supervised: {result['peak_rss_ratio']:.3f}x (target <= 1.2x); step time "
           f"{result['step_time_ratio']:.2f}x (interleaved, median per-round ratio)", flush=True)

@@ -52,6 +52,7 @@ from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from collab_llm.backbone import resolve_dtype
 from collab_llm.errors import UserError
 from collab_llm.fingerprint import all_files, canonical_sha256, file_checksums, read_json
 from collab_llm.io import atomic_dir, atomic_file, write_json
@@ -153,7 +154,7 @@ class BundleConfig:
         if raw.get("version") != BUNDLE_VERSION:
             raise ValueError(f"{path}: field 'version' is {raw.get('version')!r}, this code reads {BUNDLE_VERSION}")
         dtype = need("dtype", str)
-        if dtype not in ("float32", "bfloat16"):
+        if dtype not in ("float32", "bfloat16", "auto"):  # "auto": written before save_bundle resolved it
             raise ValueError(f"{path}: field 'dtype' is {dtype!r}, expected 'float32' or 'bfloat16'")
         adapter = need("adapter", dict)
         if adapter.get("kind") not in ("lora", "ilora") or not isinstance(adapter.get("name"), str):
@@ -335,7 +336,7 @@ def save_bundle(
         raise TypeError(f"model must be a peft PeftModel or an ILoRAModel, got {type(model).__name__}")
     config = BundleConfig(
         base_model=str(base_model),
-        dtype=dtype,
+        dtype=resolve_dtype(dtype),  # what the base ran in here, not "auto"
         template=template,
         placeholder_tokens=tuple(placeholder_ids),
         placeholder_ids={k: int(v) for k, v in placeholder_ids.items()},

@@ -268,6 +268,20 @@ def render_length_grouping(r: dict[str, Any], root: Path = ROOT) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def render_sdpo_step(r: dict[str, Any], root: Path = ROOT) -> str:
+    """Markdown of one ``bench/sdpo_step.py`` result."""
+    cpu = r["cpu"]
+    return (f"Measured by `{r['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: "
+            f"{'yes' if cpu['native_bf16'] else 'no'}), {r['threads']} threads, backbone {r['dtype']}, batch of "
+            f"{r['batch_size']} LLaRA prompts ({r['prompt_tokens']} prompt tokens), {r['num_negatives']} negatives:\n\n"
+            "| | supervised step (LLaRA, LM loss) | S-DPO step | ratio |\n|---|---|---|---|\n"
+            f"| peak RSS (own process) | {r['peak_rss_mb_supervised']:.0f} MB | {r['peak_rss_mb_sdpo']:.0f} MB | "
+            f"**{r['peak_rss_ratio']:.2f}x** (target <= 1.2x) |\n"
+            f"| step time (median) | {r['step_s_supervised']:.2f} s | {r['step_s_sdpo']:.2f} s | "
+            f"**{r['step_time_ratio']:.2f}x** (interleaved rounds) |\n\n"
+            f"The reference is a frozen copy of {r['reference_numel']:,} trainable values, not a second backbone.\n")
+
+
 #: section name -> (result file, renderer ``(result, repository root) -> markdown``)
 SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted": ("results/injection_planted.json", render_injection),
@@ -277,6 +291,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
     "length_grouping": ("results/length_grouping.json", render_length_grouping),
+    "sdpo_step": ("results/sdpo_step.json", render_sdpo_step),
     "full_profile": ("results/results.json", _comparison_section("results")),
     "main_job": ("results/main_job/results.json", _comparison_section("results/main_job")),
 }

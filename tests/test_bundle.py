@@ -207,3 +207,22 @@ def test_ilora_merge_and_swap_are_refused(tmp_path, family):
     other, _, _ = save(tmp_path, family, "plain", seed=5)
     with pytest.raises(ValueError, match="plain LoRA bundles only"):
         load_bundle(other, base=bundle)
+
+
+def test_bundle_records_the_resolved_dtype_and_reads_a_legacy_auto(tmp_path):
+    import json
+
+    from collab_llm.backbone import resolve_dtype
+    from collab_llm.bundle import BundleConfig
+
+    config = BundleConfig(base_model="m", dtype="float32", template="llara_movielens", placeholder_tokens=(),
+                          placeholder_ids={})
+    raw = config.to_dict()
+    raw["dtype"] = "auto"  # what compare wrote before save_bundle resolved it
+    (tmp_path / "bundle.json").write_text(json.dumps(raw))
+    assert BundleConfig.read(tmp_path).dtype == "auto"
+    raw["dtype"] = "float16"
+    (tmp_path / "bundle.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="field 'dtype'"):
+        BundleConfig.read(tmp_path)
+    assert resolve_dtype("auto") in ("float32", "bfloat16")
