@@ -282,6 +282,38 @@ def render_sdpo_step(r: dict[str, Any], root: Path = ROOT) -> str:
             f"The reference is a frozen copy of {r['reference_numel']:,} trainable values, not a second backbone.\n")
 
 
+def render_preference(records: list[dict[str, Any]], root: Path, folder: str) -> str:
+    """Markdown of a supervised method vs the same + a preference stage (``compare --methods X X+sdpo``),
+    with the paired difference to the start and the stage's logged quantities (``stage_stats.json``)."""
+    info = json.loads((root / folder / "run_info.json").read_text())
+    by = _by_key(records)
+    protocol = next(iter(info["protocols"]))
+    methods = info["protocols"][protocol]["methods"]
+    lines = [f"Measured by {_machine(info)}", "",
+             f"{_setup(info, protocol)}; the stage starts from the supervised run's bundle (also its frozen reference).", "",
+             "| method | HR@1 (ranked) | NDCG@10 (ranked) | HR@1 (generated) | ValidRatio | train s |", "|---|---|---|---|---|---|"]
+    for m in methods:
+        first = next(r for k, r in by.items() if k[1] == m and not k[3].startswith("diff_"))
+        lines.append(f"| {_METHODS.get(m, m)} | " + " | ".join(_cell(by.get((protocol, m, "all", k)))
+                                                             for k in ("hr@1", "ndcg@10", "gen_hr@1", "gen_valid_ratio"))
+                     + f" | {first['train_s']:.0f} |")
+    for m in methods:
+        start = m.partition("+")[0]
+        if start != m and (protocol, m, "all", f"diff_vs_{start}_hr@1") in by:
+            lines += ["", f"Paired over the same rows, {m} minus {start}: HR@1 "
+                          f"{_cell(by[(protocol, m, 'all', f'diff_vs_{start}_hr@1')], signed=True)}, NDCG@10 "
+                          f"{_cell(by[(protocol, m, 'all', f'diff_vs_{start}_ndcg@10')], signed=True)} (95% paired bootstrap)."]
+    stats_path = root / folder / "stage_stats.json"
+    if stats_path.exists():
+        st = json.loads(stats_path.read_text())
+        lines += ["", f"The stage's log (`{st['command']}`), means over the first / last {st['window']} of its {st['steps']} steps:", "",
+                  "| | first steps | last steps |", "|---|---|---|"]
+        for key, label in (("loss", "S-DPO loss"), ("reward_margin", "reward margin (positive - negatives)"),
+                           ("reward_accuracy", "reward accuracy"), ("reference_top1", "reference ranks the positive first among 1 + k")):
+            lines.append(f"| {label} | {st[key + '_first']:.3f} | {st[key + '_last']:.3f} |")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 #: section name -> (result file, renderer ``(result, repository root) -> markdown``)
 SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted": ("results/injection_planted.json", render_injection),
@@ -292,6 +324,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "precision": ("results/precision_step.json", render_precision),
     "length_grouping": ("results/length_grouping.json", render_length_grouping),
     "sdpo_step": ("results/sdpo_step.json", render_sdpo_step),
+    "sdpo_ml100k": ("results/sdpo_ml100k/results.json", lambda recs, root: render_preference(recs, root, "results/sdpo_ml100k")),
     "full_profile": ("results/results.json", _comparison_section("results")),
     "main_job": ("results/main_job/results.json", _comparison_section("results/main_job")),
 }
