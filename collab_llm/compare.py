@@ -185,18 +185,27 @@ def start_method(method: str) -> str | None:
     return start if stage is not None else None
 
 
+#: a named improvement -> the method it improves on (the report pairs them, as it pairs X+sdpo with X)
+VARIANT_OF: dict[str, str] = {"head_l4": "head"}
+
+
+def own_baseline(method: str) -> str | None:
+    """The run a method is paired with besides TALLRec: a preference stage's start, a variant's original."""
+    return start_method(method) or VARIANT_OF.get(method)
+
+
 # ---------------------------------------------------------------------------------------- records
 TEXT_BASELINE = "tallrec"  # every other run with per-row predictions gets a paired difference to it
 INTERVALS = ("Intervals: 95% bootstrap over test rows (AUC, UAUC: over users); paired differences to "
-             f"`{TEXT_BASELINE}` (and of a preference stage `X+sdpo` to its start `X`) resample the same rows "
+             f"`{TEXT_BASELINE}` (and of a preference stage `X+sdpo` to its start `X`, of `head_l4` to `head`) resample the same rows "
              "(Yes/No: users) for both methods.")
 
 
 def report_records(result_paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The runs' records plus their paired differences to :data:`TEXT_BASELINE` and, for preference
-    stages, to their start (from their predictions)."""
+    """The runs' records plus their paired differences to :data:`TEXT_BASELINE` and to their own baseline
+    (:func:`own_baseline`: a preference stage's start, a variant's original), from their predictions."""
     return (load_records(result_paths) + paired_difference_records(result_paths, baseline=TEXT_BASELINE)
-            + paired_difference_records(result_paths, baseline=start_method))
+            + paired_difference_records(result_paths, baseline=own_baseline))
 
 
 def estimates_to_records(
@@ -385,7 +394,7 @@ class Comparison:
         if self.protocol == "nextitem":
             args += ["--model.eval_generation", str(p.generate).lower(), "--model.max_new_tokens", str(p.max_new_tokens)]
         start, stage = split_method(method)
-        if start != "tallrec":
+        if self.uses_cf_model(method):
             args += ["--model.cf_model_path", str(self.cf_dir)]
         if stage is not None:
             # the start's finished run is the stage's start and frozen reference; hybrid starts train on
@@ -579,7 +588,7 @@ class Comparison:
         from collab_llm.fingerprint import split_manifest, verify_split
 
         folder = self.split_dir
-        if not folder.exists() or (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())):
+        if _absent(folder):
             return False
         hint = "use another --work-dir, or move the folder away"
         manifest_path = folder / "manifest.json"
@@ -604,7 +613,7 @@ class Comparison:
         from collab_llm.fingerprint import check_cf_matches_split
 
         folder = self.cf_dir
-        if not folder.exists() or (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())):
+        if _absent(folder):
             return False
         problem = "is a symbolic link" if folder.is_symlink() else is_cf_export(folder)
         if problem is not None:
@@ -663,6 +672,11 @@ class Comparison:
         self.log("\n" + markdown_table(records) + differences_table(records))
         self.log(f"[compare] report: {path}")
         return path
+
+
+def _absent(folder: Path) -> bool:
+    """No work folder there yet: missing, or an empty real directory (nothing to reuse, nothing to refuse)."""
+    return not folder.exists() or (folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()))
 
 
 def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:

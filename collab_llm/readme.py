@@ -14,6 +14,8 @@ Sections:
 - ``full_profile``: ``results/results.json`` + ``results/run_info.json`` (``collab-llm compare --profile
   full ... --export results``): every method's metrics and paired differences to TALLRec.
 - ``main_job``: ``results/main_job/`` (``collab-llm main --export results/main_job``).
+- ``injection_planted_l4``, ``length_grouping``, ``sdpo_step``: the benches' ``--out`` files;
+  ``sdpo_ml100k``: ``results/sdpo_ml100k/`` (``compare --methods X X+sdpo --export`` + ``stage_stats.json``).
 
 Usage::
 
@@ -43,9 +45,13 @@ def _signed(value: float, ci: list[float]) -> str:
     return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
+def _cpu_name(cpu: dict[str, Any]) -> str:
+    """``{"model", "isa", "native_bf16"}`` (:func:`collab_llm.backbone.cpu_description`) as one phrase."""
+    return f"{cpu['model']} ({cpu['isa']}, native bf16: {'yes' if cpu['native_bf16'] else 'no'})"
+
+
 def _cpu(r: dict[str, Any]) -> str:
-    cpu = r["cpu"]
-    return f"{cpu['model']} ({cpu['isa']}, native bf16: {'yes' if cpu['native_bf16'] else 'no'}), {r['threads']} threads, backbone {r['dtype']}"
+    return f"{_cpu_name(r['cpu'])}, {r['threads']} threads, backbone {r['dtype']}"
 
 
 _LABELS = {
@@ -168,6 +174,11 @@ def _by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], di
     return {(r["protocol"].split(":")[0], r["method"], r.get("subset", "all"), r["metric"]): r for r in records}
 
 
+def _first_record(by: dict[tuple[str, str, str, str], dict[str, Any]], protocol: str, method: str) -> dict[str, Any]:
+    """A run's first metric record (its train / eval seconds), not a paired difference."""
+    return next(r for k, r in by.items() if k[0] == protocol and k[1] == method and not k[3].startswith("diff_"))
+
+
 def _cell(rec: dict[str, Any] | None, signed: bool = False) -> str:
     if rec is None:
         return "—"
@@ -192,7 +203,7 @@ def _machine(info: dict[str, Any]) -> str:
     else:
         resumed = f"; resumed runs (not in the wall time): {', '.join(info['resumed'])}" if info.get("resumed") else ""
         wall = f"wall time {info['wall_s'] / 60:.1f} min{resumed}"
-    return (f"`{info['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: {'yes' if cpu['native_bf16'] else 'no'}), "
+    return (f"`{info['command']}` on {_cpu_name(cpu)}, "
             f"{info['threads']} torch threads: {wall}, peak memory {info['peak_rss_gb']:.1f} GiB (finished {info['finished']}).")
 
 
@@ -220,25 +231,37 @@ def render_comparison(records: list[dict[str, Any]], info: dict[str, Any]) -> st
             cols = [("HR@1 (ranked)", "hr@1"), ("NDCG@10 (ranked)", "ndcg@10")]
             if gen:
                 cols += [("HR@1 (generated)", "gen_hr@1"), ("ValidRatio", "gen_valid_ratio")]
-            diffs = [("HR@1", "diff_vs_tallrec_hr@1"), ("NDCG@10", "diff_vs_tallrec_ndcg@10")]
+            paired_metrics = [("HR@1", "hr@1"), ("NDCG@10", "ndcg@10")]
         else:
             lines += [f"**Yes/No ({split})**: {_setup(info, protocol)}; AUC intervals resample users.", ""]
             cols = [("AUC", "auc"), ("UAUC", "uauc"), ("AUC warm", "warm/auc"), ("AUC cold", "cold/auc")]
-            diffs = [("AUC", "diff_vs_tallrec_auc")]
+            paired_metrics = [("AUC", "auc")]
         lines += ["| method | " + " | ".join(c for c, _ in cols) + " | train s | eval s |",
                   "|---|" + "---|" * (len(cols) + 2)]
         for m in methods:
-            first = next(r for k, r in by.items() if k[0] == protocol and k[1] == m and not k[3].startswith("diff_"))
+            first = _first_record(by, protocol, m)
             lines.append(f"| {_METHODS.get(m, m)} | " + " | ".join(_cell(by.get((protocol, m, *_subset(k)))) for _, k in cols)
                          + f" | {first['train_s']:.0f} | {first['eval_s']:.0f} |")
-        paired = [m for m in methods if (protocol, m, "all", diffs[0][1]) in by]
+
+        def diff(m: str, base: str, metric: str) -> dict[str, Any] | None:
+            return by.get((protocol, m, "all", f"diff_vs_{base}_{metric}"))
+
+        first_metric = paired_metrics[0][1]
+        paired = [m for m in methods if diff(m, "tallrec", first_metric)]
         if paired:
             lines += ["", "Paired 95% intervals of each method minus TALLRec on the same rows"
                       + (" (users resampled)" if protocol == "yesno" else "") + ":", "",
-                      "| method | " + " | ".join(f"Δ {c}" for c, _ in diffs) + " |", "|---|" + "---|" * len(diffs)]
+                      "| method | " + " | ".join(f"Δ {c}" for c, _ in paired_metrics) + " |",
+                      "|---|" + "---|" * len(paired_metrics)]
             for m in paired:
-                lines.append(f"| {_METHODS.get(m, m)} | " + " | ".join(_cell(by.get((protocol, m, "all", k)), signed=True)
-                                                                   for _, k in diffs) + " |")
+                lines.append(f"| {_METHODS.get(m, m)} | "
+                             + " | ".join(_cell(diff(m, "tallrec", k), signed=True) for _, k in paired_metrics) + " |")
+        for m in methods:  # a variant or a preference stage against its own baseline (compare.own_baseline)
+            for base in sorted({key[3][len("diff_vs_"):-len(first_metric) - 1] for key in by
+                                if key[:2] == (protocol, m) and key[3].startswith("diff_vs_")
+                                and key[3].endswith("_" + first_metric)} - {"tallrec"}):
+                cells = ", ".join(f"{c} {_cell(diff(m, base, k), signed=True)}" for c, k in paired_metrics if diff(m, base, k))
+                lines += ["", f"Paired over the same rows, {m} minus {base}: {cells} (95% paired bootstrap)."]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -251,9 +274,7 @@ def _comparison_section(folder: str) -> Callable[[Any, Path], str]:
 
 def render_length_grouping(r: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown of one ``bench/length_grouping.py`` result."""
-    cpu = r["cpu"]
-    lines = [f"Measured by `{r['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: "
-             f"{'yes' if cpu['native_bf16'] else 'no'}), {r['threads']} threads: the first {r['batches']} training "
+    lines = [f"Measured by `{r['command']}` on {_cpu_name(r['cpu'])}, {r['threads']} threads: the first {r['batches']} training "
              f"batches of {r['batch_size']} prompts in each order (mega-batches of {r['megabatch']} batches).", "",
              "| prompt view | padding share, plain shuffle | padding share, grouped | padded tokens plain / grouped |",
              "|---|---|---|---|"]
@@ -270,9 +291,7 @@ def render_length_grouping(r: dict[str, Any], root: Path = ROOT) -> str:
 
 def render_sdpo_step(r: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown of one ``bench/sdpo_step.py`` result."""
-    cpu = r["cpu"]
-    return (f"Measured by `{r['command']}` on {cpu['model']} ({cpu['isa']}, native bf16: "
-            f"{'yes' if cpu['native_bf16'] else 'no'}), {r['threads']} threads, backbone {r['dtype']}, batch of "
+    return (f"Measured by `{r['command']}` on {_cpu_name(r['cpu'])}, {r['threads']} threads, backbone {r['dtype']}, batch of "
             f"{r['batch_size']} LLaRA prompts ({r['prompt_tokens']} prompt tokens), {r['num_negatives']} negatives:\n\n"
             "| | supervised step (LLaRA, LM loss) | S-DPO step | ratio |\n|---|---|---|---|\n"
             f"| peak RSS (own process) | {r['peak_rss_mb_supervised']:.0f} MB | {r['peak_rss_mb_sdpo']:.0f} MB | "
@@ -293,7 +312,7 @@ def render_preference(records: list[dict[str, Any]], root: Path, folder: str) ->
              f"{_setup(info, protocol)}; the stage starts from the supervised run's bundle (also its frozen reference).", "",
              "| method | HR@1 (ranked) | NDCG@10 (ranked) | HR@1 (generated) | ValidRatio | train s |", "|---|---|---|---|---|---|"]
     for m in methods:
-        first = next(r for k, r in by.items() if k[1] == m and not k[3].startswith("diff_"))
+        first = _first_record(by, protocol, m)
         lines.append(f"| {_METHODS.get(m, m)} | " + " | ".join(_cell(by.get((protocol, m, "all", k)))
                                                              for k in ("hr@1", "ndcg@10", "gen_hr@1", "gen_valid_ratio"))
                      + f" | {first['train_s']:.0f} |")

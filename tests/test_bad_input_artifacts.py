@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -31,7 +30,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_bad_input_prepare import GOOD_INTER, GOOD_ITEMS, snapshot  # noqa: E402
+from test_bad_input_prepare import GOOD_INTER, GOOD_ITEMS, assert_one_line_user_error, snapshot  # noqa: E402
 from test_llm_fixtures import make_backbone_dir, make_split  # noqa: E402
 
 from cf_models.base import CFModel  # noqa: E402
@@ -358,12 +357,7 @@ def test_bad_artifact_is_one_clear_line_exit_2_nothing_touched(
     code = cli_main(_argv(tmp_path, case.argv))
     err = capsys.readouterr().err
     assert snapshot(tmp_path) == before, "the command wrote or deleted something"
-    assert code == USER_ERROR_EXIT, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("collab-llm: error: "), err
-    assert "Traceback" not in err
-    for pattern in case.patterns:
-        assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
+    assert_one_line_user_error(code, err, case.patterns)
 
 
 def test_catalogue_is_large_enough() -> None:

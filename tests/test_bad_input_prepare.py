@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 import pytest
@@ -265,11 +265,16 @@ def test_bad_input_is_one_clear_line_exit_2_nothing_touched(
     monkeypatch.delenv("COLLAB_LLM_DEBUG", raising=False)
     monkeypatch.setenv("COLLAB_LLM_CACHE", str(tmp_path / "no-cache"))
     code, err = run_case(tmp_path, case, capsys)
+    assert_one_line_user_error(code, err, case.patterns)
+
+
+def assert_one_line_user_error(code: int, err: str, patterns: Sequence[str]) -> None:
+    """Exit code 2, one ``collab-llm: error: ...`` line on stderr, no traceback, every pattern in it."""
     assert code == USER_ERROR_EXIT, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("collab-llm: error: "), err
     assert "Traceback" not in err
-    for pattern in case.patterns:
+    for pattern in patterns:
         assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_llm_fixtures import make_backbone_dir  # noqa: E402
+from test_llm_fixtures import load_bench, make_backbone_dir  # noqa: E402
 
 from collab_llm.data.planted import generate_planted  # noqa: E402
 
@@ -17,11 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("injection_learning", ROOT / "bench" / "injection_learning.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["injection_learning"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("injection_learning")
 
 
 @pytest.mark.slow
@@ -61,10 +56,7 @@ def test_recipe_overrides_are_typed_and_checked():
 def test_precision_bench_times_both_precisions_on_a_tiny_model(tmp_path):
     from test_llm_fixtures import make_cf_dirs, make_split
 
-    spec = importlib.util.spec_from_file_location("precision_step", ROOT / "bench" / "precision_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["precision_step"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_bench("precision_step")
     split = make_split(tmp_path, "next_item")
     import pandas as pd
 

@@ -68,18 +68,14 @@ def test_collator_length_proxy_follows_the_titles():
 
 
 def test_bench_counts_padding_and_times_both_orders(tmp_path):
-    import importlib.util
     import json
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_llm_fixtures import make_backbone_dir, make_split
+    from test_llm_fixtures import load_bench, make_backbone_dir, make_split
 
-    spec = importlib.util.spec_from_file_location("length_grouping", root / "bench" / "length_grouping.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("length_grouping")
     split = make_split(tmp_path, "next_item", n_train=16)
     out = tmp_path / "r.json"
     result = bench.main(["--split", str(split), "--backbone", str(make_backbone_dir(tmp_path, "llama")),

@@ -5,7 +5,10 @@ Importable by the test files and by subprocess scripts (DDP, CLI) with ``tests/`
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -114,3 +117,14 @@ def as_compare_work(split_dir: Path, cf_dir: Path, protocol: str, source: str, s
     cf = CFModel.from_pretrained(cf_dir)
     cf.save_pretrained(cf_dir, extra_json={"metrics.json": {"train_seconds": 1.0}},
                        made_from={"split_sha256": split_sha256(split_dir), "seed": seed})
+
+
+def load_bench(name: str) -> ModuleType:
+    """``bench/<name>.py`` as a module (registered in ``sys.modules``: its dataclasses look it up)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+

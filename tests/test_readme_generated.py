@@ -44,6 +44,7 @@ def test_the_comparison_tables_come_from_the_report_records(tmp_path):
         _rec("nextitem:ml100k_loo", "head", "hr@1", 0.4), _rec("nextitem:ml100k_loo", "head", "ndcg@10", 0.6),
         _rec("nextitem:ml100k_loo", "head", "diff_vs_tallrec_hr@1", 0.35),
         _rec("nextitem:ml100k_loo", "head", "diff_vs_tallrec_ndcg@10", 0.35),
+        _rec("nextitem:ml100k_loo", "head", "diff_vs_sasrec_hr@1", -0.2),  # a run's own baseline
         _rec("nextitem:ml100k_loo", "sasrec", "hr@1", 0.6), _rec("nextitem:ml100k_loo", "sasrec", "ndcg@10", 0.8),
         _rec("yesno:ml1m_collm", "mf", "auc", 0.76), _rec("yesno:ml1m_collm", "mf", "auc", 0.82, subset="warm"),
     ]
@@ -62,6 +63,7 @@ def test_the_comparison_tables_come_from_the_report_records(tmp_path):
     assert "| MF alone | 0.760 [0.660, 0.860] | — | 0.820 [0.720, 0.920] | — | 12 | 3 |" in text
     assert "Some CPU (avx2, native bf16: no), 2 torch threads: wall time 10.0 min" in text
     assert "resumed runs (not in the wall time): yesno/mf" in text
+    assert "Paired over the same rows, head minus sasrec: HR@1 -0.200 [-0.300, -0.100] (95% paired bootstrap)." in text
     assert "HR@1 (generated)" not in text  # no generation records: no generation columns
     # the section reads run_info.json beside the records
     (tmp_path / "results").mkdir()

@@ -407,12 +407,9 @@ def test_compare_smoke_with_preference_stages(tmp_path):
 # ------------------------------------------------------------------------------------------ bench
 @pytest.mark.slow
 def test_sdpo_step_bench_on_the_tiny_model(tmp_path):
-    import importlib.util
+    from test_llm_fixtures import load_bench
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "sdpo_step.py"
-    spec = importlib.util.spec_from_file_location("sdpo_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("sdpo_step")
     result = bench.main(["--tiny", "--work", str(tmp_path / "work"), "--batch-size", "2", "--rounds", "1",
                          "--warmup", "0", "--threads", "1", "--num-negatives", "2", "--out", str(tmp_path / "r.json")])
     for key in ("peak_rss_mb_supervised", "peak_rss_mb_sdpo", "step_s_supervised", "step_s_sdpo"):
