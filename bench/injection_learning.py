@@ -236,13 +236,14 @@ def train_llm(recipe: Recipe, split: Path, cf_dir: Path | None, args: argparse.N
     import lightning as L
 
     from collab_llm.datamodule import RecDataModule
+    from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
 
     L.seed_everything(args.seed, verbose=False)
     model = CollabLLM(
         backbone_path=args.backbone, template=recipe.template, regime=recipe.regime,
         cf_model_path=None if recipe.regime == "text" else str(cf_dir), projector=recipe.projector,
-        dtype=args.dtype, lora_r=8, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+        dtype=args.dtype, adapter=LoRA(r=8, alpha=recipe.lora_alpha, dropout=recipe.lora_dropout),
         learning_rate=recipe.lr, warmup_steps=args.warmup, total_steps=args.steps,
         stage1_steps=args.steps // 2 if recipe.regime == "two_stage" else 0,
         curriculum_steps=args.steps if recipe.regime == "curriculum" else None,

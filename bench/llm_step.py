@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from collab_llm import scoring
     from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
     from collab_llm.data import load_split
+    from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
 
     workdir = Path(tempfile.mkdtemp(prefix="llm_step-"))
@@ -202,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cf_model_path=str(cf_path),
         projector="llara_mlp",
         dtype="float32",
-        lora_r=8,
-        lora_alpha=16.0,
-        lora_dropout=0.05,
+        adapter=LoRA(r=8, alpha=16.0, dropout=0.05),
         n_bootstrap=200,
     )
     llm = module.llm

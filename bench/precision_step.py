@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from collab_llm.assets import ensure_assets
     from collab_llm.backbone import cpu_flags, native_bf16, resolve_dtype
     from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+    from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
 
     backbone = a.backbone or str(ensure_assets().smollm2)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for tag, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
             models[tag] = CollabLLM(
                 backbone_path=backbone, template=template, regime="joint", cf_model_path=a.cf_model,
-                projector="scaled_llara_mlp", dtype=dtype, lora_r=8, lora_alpha=32.0, lora_dropout=a.lora_dropout,
+                projector="scaled_llara_mlp", dtype=dtype, adapter=LoRA(r=8, alpha=32.0, dropout=a.lora_dropout),
                 learning_rate=1e-5, scorer=scorer, head_init="none", seed=0,
             )
         m0 = models["fp32"]

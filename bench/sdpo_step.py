@@ -95,13 +95,14 @@ def make_inputs(work: Path, model: str | None, tiny: bool, split: str | None, cf
 
 def build(a: argparse.Namespace, start: str | None):
     """The LLaRA-style module (hybrid prompts, LoRA + projector), with a preference stage from ``start``."""
+    from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
     from collab_llm.sdpo import PreferenceConfig
 
     preference = PreferenceConfig(start, a.beta, a.num_negatives) if start is not None else None
     return CollabLLM(
         backbone_path=a.model, template="llara_movielens", regime="joint", cf_model_path=a.cf_model,
-        projector="llara_mlp", dtype=a.dtype, lora_r=8, lora_alpha=32.0, lora_dropout=0.1, learning_rate=1e-5,
+        projector="llara_mlp", dtype=a.dtype, adapter=LoRA(r=8, alpha=32.0, dropout=0.1), learning_rate=1e-5,
         seed=0, preference=preference,
     )
 

@@ -11,7 +11,15 @@ A bundle folder (written atomically with :func:`collab_llm.io.atomic_dir`)::
                            adapter_model.safetensors) or an iLoRA adapter + gate
                            (:func:`collab_llm.ilora.save_ilora_model`)
       projectors/<name>/   each projector (``Projector.save_pretrained``), e.g. ``item``, ``user``
+      head/                the item-scoring head (``head.safetensors``: query, key, standardisation), optional
       cf_model/            the frozen CF model (``CFModel.save_pretrained``), optional
+
+``bundle.json`` ``scoring`` records how the bundle scores, the way it was trained: ``scorer``
+(``likelihood`` / ``head``), ``yes_no_loss`` (``lm``: softmax over the Yes/No logits; ``bce``: sigmoid of
+the Yes logit), ``head_loss``, ``head_layer``, ``head_target``, ``answer_ids``; ``adapter.spec`` the
+adapter spec (:mod:`collab_llm.adapters`). Bundles written before these fields read as likelihood scoring
+with the Yes/No softmax (:data:`collab_llm.recommender.LEGACY_SCORING`). Write and read a whole bundle with
+:meth:`collab_llm.recommender.Recommender.save_pretrained` / ``from_pretrained``.
 
 ``bundle.json`` also records ``files`` (the sha256 of every other file) and ``made_from`` (the CF model's
 and the split's fingerprints, the backbone's path and config hash, template, seed, budget).
@@ -64,6 +72,8 @@ BUNDLE_CONFIG_NAME = "bundle.json"
 ADAPTER_DIR = "adapter"
 PROJECTORS_DIR = "projectors"
 CF_MODEL_DIR = "cf_model"
+HEAD_DIR = "head"
+HEAD_WEIGHTS_NAME = "head.safetensors"
 
 DType = Literal["float32", "bfloat16"]
 AdapterKind = Literal["lora", "ilora"]
@@ -95,6 +105,11 @@ class BundleConfig:
         made_from: what the bundle was trained from (``cf_model_sha256``, ``split_sha256``, ``backbone``
             {path, config_sha256}, ``template``, ``seed``, ``budget``); see :func:`collab_llm.fingerprint`.
         files: relative path -> sha256 of every file but ``bundle.json`` (verified by :func:`load_bundle`).
+        scoring: how it scores (``scorer``, ``yes_no_loss``, ``head_loss``, ``head_layer``, ``head_target``,
+            ``answer_ids``); ``None`` for bundles written before the field (see the module docstring).
+        adapter_spec: the adapter spec (``{class_path, init_args}``, :func:`collab_llm.adapters.adapter_from_dict`),
+            or ``None`` (older bundles: read from the adapter's own config).
+        head: ``{"path": "head", "hidden_size": H, "item_dim": d}`` of the item-scoring head, or ``None``.
     """
 
     base_model: str
@@ -112,6 +127,9 @@ class BundleConfig:
     stage: dict[str, Any] = field(default_factory=lambda: dict(SUPERVISED_STAGE))
     made_from: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    scoring: dict[str, Any] | None = None
+    adapter_spec: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -122,13 +140,16 @@ class BundleConfig:
             "template": self.template,
             "placeholder_tokens": list(self.placeholder_tokens),
             "placeholder_ids": dict(self.placeholder_ids),
-            "adapter": {"kind": self.adapter_kind, "name": self.adapter_name, "path": ADAPTER_DIR},
+            "adapter": {"kind": self.adapter_kind, "name": self.adapter_name, "path": ADAPTER_DIR,
+                        **({"spec": self.adapter_spec} if self.adapter_spec is not None else {})},
             "projectors": dict(self.projectors),
             "cf_model": self.cf_model,
             "metrics": self.metrics,
             "command": self.command,
             "task": self.task,
             "stage": dict(self.stage),
+            **({"scoring": dict(self.scoring)} if self.scoring is not None else {}),
+            **({"head": dict(self.head)} if self.head is not None else {}),
             "made_from": self.made_from,
             "files": self.files,
         }
@@ -165,6 +186,10 @@ class BundleConfig:
         stage = raw.get("stage", SUPERVISED_STAGE)
         if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
             raise ValueError(f"{path}: field 'stage' should be {{name: str, ...}}, got {stage!r}")
+        scoring, head, spec = raw.get("scoring"), raw.get("head"), adapter.get("spec")
+        for key, value in (("scoring", scoring), ("head", head), ("adapter.spec", spec)):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{path}: field {key!r} should be an object or absent, got {value!r}")
         return cls(
             base_model=need("base_model", str),
             dtype=dtype,
@@ -181,6 +206,9 @@ class BundleConfig:
             stage=dict(stage),
             made_from=dict(raw.get("made_from") or {}),
             files=dict(raw.get("files") or {}),
+            scoring=scoring,
+            adapter_spec=spec,
+            head=head,
         )
 
 
@@ -293,6 +321,9 @@ def save_bundle(
     task: str | None = None,
     stage: Mapping[str, Any] | None = None,
     made_from: Mapping[str, object] | None = None,
+    head: torch.nn.Module | None = None,
+    scoring: Mapping[str, Any] | None = None,
+    adapter_spec: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle folder atomically (an existing one is replaced only when the new one is complete).
 
@@ -314,6 +345,9 @@ def save_bundle(
         stage: the training stage (``CollabLLM.training_stage()``); ``None``: supervised.
         made_from: what it was trained from (:func:`bundle_made_from`); the CF model's fingerprint is
             added from ``cf_model`` when it was loaded from a folder.
+        head: an :class:`collab_llm.heads.ItemScoringHead` (its whole state: ``head/head.safetensors``).
+        scoring: how it scores (:meth:`collab_llm.recommender.Recommender.scoring_record`).
+        adapter_spec: the adapter spec's ``to_dict()``.
 
     Returns:
         the bundle folder.
@@ -349,6 +383,10 @@ def save_bundle(
         task=task,
         stage=dict(stage) if stage is not None else dict(SUPERVISED_STAGE),
         made_from=bundle_made_from(made_from, cf_model),
+        scoring=dict(scoring) if scoring is not None else None,
+        adapter_spec=dict(adapter_spec) if adapter_spec is not None else None,
+        head=({"path": HEAD_DIR, "hidden_size": int(head.query.in_dim), "item_dim": int(head.query.out_dim)}
+              if head is not None else None),
     )
     with atomic_dir(folder) as tmp:
         if kind == "ilora":
@@ -364,6 +402,12 @@ def save_bundle(
             shutil.rmtree(staging, ignore_errors=True)
         for role, projector in projectors.items():
             projector.save_pretrained(tmp / PROJECTORS_DIR / role)
+        if head is not None:
+            from safetensors.torch import save
+
+            (tmp / HEAD_DIR).mkdir()
+            with atomic_file(tmp / HEAD_DIR / HEAD_WEIGHTS_NAME, "wb") as handle:
+                handle.write(save({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}))
         if cf_model is not None:
             cf_model.save_pretrained(tmp / CF_MODEL_DIR, made_from=getattr(cf_model, "made_from", None))
             copied = canonical_sha256(read_json(tmp / CF_MODEL_DIR / "config.json"))
@@ -526,6 +570,26 @@ def load_bundle(
     )
     loaded.activate()
     return loaded
+
+
+def load_head(folder: str | os.PathLike, config: BundleConfig) -> torch.nn.Module:
+    """The bundle's :class:`collab_llm.heads.ItemScoringHead` (float32, eval mode), every tensor checked."""
+    from safetensors.torch import load_file
+
+    from collab_llm.heads import ItemScoringHead
+
+    spec = config.head or {}
+    path = Path(folder) / str(spec.get("path", HEAD_DIR)) / HEAD_WEIGHTS_NAME
+    if not path.is_file():
+        raise UserError(f"{path}: missing; the bundle records a head ({Path(folder) / BUNDLE_CONFIG_NAME})")
+    head = ItemScoringHead(int(spec["hidden_size"]), int(spec["item_dim"]))
+    tensors = load_file(str(path))
+    own = head.state_dict()
+    if set(tensors) != set(own) or any(tensors[k].shape != own[k].shape for k in own):
+        raise UserError(f"{path}: tensors {sorted(tensors)} do not fit a head of hidden size {spec['hidden_size']}, "
+                        f"item size {spec['item_dim']}")
+    head.load_state_dict(tensors, strict=True)
+    return head.eval()
 
 
 # --------------------------------------------------------------------------------------------

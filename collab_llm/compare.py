@@ -501,22 +501,10 @@ class Comparison:
 
     def export_bundle(self, method: str, model: Any, records: list[dict[str, Any]], command: str) -> Path:
         """Write the trained run as a bundle (adapter, projector, CF model, gate, card) under its run folder."""
-        from collab_llm.bundle import save_bundle
-
-        llm = model.ilora_model() if hasattr(model, "ilora_model") else model.llm
-        proj = model.injector.projector
-        roles = {"item": proj} if proj is not None else {}
-        if getattr(model, "head", None) is not None:
-            # the item-scoring head as two projectors (its standardisation folded into the query); the
-            # bundle records them, scoring a head bundle outside compare is not wired yet
-            roles.update(head_query=model.head.folded_query(), head_key=model.head.key)
         metrics = {r["metric"] if r.get("subset", "all") == "all" else f"{r['subset']}/{r['metric']}": float(r["value"])
                    for r in records}
-        return save_bundle(
-            self.run_dir(method) / "bundle", llm, base_model=self.backbone_path(), dtype=model.hparams.dtype,
-            template=model.hparams.template, placeholder_ids=model.placeholder_ids,
-            projectors=roles or None, cf_model=model.injector.cf_model,
-            metrics=metrics, command=command, task=model.task, stage=model.training_stage(),
+        return model.recommender.save_pretrained(
+            self.run_dir(method) / "bundle", metrics=metrics, command=command, stage=model.training_stage(),
             made_from={**model.made_from(), **self.run_fingerprint(method), "template": model.hparams.template},
         )
 

@@ -54,8 +54,9 @@ Saving: ``save_ilora`` / ``load_ilora`` write the gate network (with its buffers
 instead of silently giving an ungated model; :func:`load_ilora_model` reads it back, and plain-LoRA
 loaders can call :func:`assert_not_ilora_folder`.
 
-Training: :class:`ILoRACollabLLM` is :class:`collab_llm.module.CollabLLM` with the gate set from
-``batch["history"]`` in its ``before_llm_call`` hook (config: ``configs/llm/experiments/ilora.yaml``).
+Training: ``CollabLLM(adapter=ILoRA(...))`` (:class:`collab_llm.adapters.ILoRA`; config:
+``configs/llm/experiments/ilora.yaml``); its :class:`collab_llm.adapters.ILoRARouting` sets the gate from
+``batch["history"]`` before every forward / generate the :class:`collab_llm.recommender.Recommender` runs.
 Deep copies of a gated model are refused (the copy would share, or silently lose, the hooks): detach first.
 """
 
@@ -66,7 +67,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -711,123 +712,3 @@ def load_ilora_model(base_model: nn.Module, folder: str | os.PathLike) -> ILoRAM
         raise ValueError(f"iLoRA: {weights_path}: missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
     set_peft_model_state_dict(peft_model, tensors, adapter_name=config.adapter_name)
     return ILoRAModel(peft_model, gate_network, config)
-
-
-
-# --------------------------------------------------------------------------------------------------
-# Lightning module
-# --------------------------------------------------------------------------------------------------
-
-from collab_llm.backbone import DType  # noqa: E402  (Lightning side below; the core above needs none of it)
-from collab_llm.module import CollabLLM, EvalPrompt, HeadLoss, Regime, Scorer  # noqa: E402
-from collab_llm.sdpo import PreferenceConfig  # noqa: E402
-from projectors import ProjectorKind  # noqa: E402
-
-
-class ILoRACollabLLM(CollabLLM):
-    """:class:`collab_llm.module.CollabLLM` with iLoRA: the LoRA adapter is gated per sequence.
-
-    Before every forward / generate of the LLM (:meth:`before_llm_call`) the frozen CF model's
-    ``sequence_representation(batch["history"])`` ``(B, d)`` goes through :attr:`gate_network` to
-    softmax weights ``(B, K)`` that are set on :attr:`expert_gate`. The CF model is the one of
-    ``cf_model_path`` (a SASRec for the paper; the same model also feeds the soft tokens).
-
-    Trainable: LoRA + gate network (the "lora" group: frozen together in CoLLM's stage 2) + projector.
-    Checkpoints hold the gate's tensors too. Defaults follow the paper: r=8, alpha=32, dropout 0.1,
-    K=4 (r_e=2), a linear gate. The gate network starts at zero output (uniform gates), so step 0 is
-    exactly the plain r=8, alpha=32 LoRA. Training logs ``train/gate_entropy`` and
-    ``train/gate_weight_{k}`` (:func:`gate_stats`).
-
-    Args: those of :class:`CollabLLM`, plus
-        num_experts: K; ``lora_r`` must be a multiple of it.
-        gate_hidden_dim: hidden width of the gate MLP, None for one linear layer.
-    """
-
-    def __init__(
-        self,
-        backbone_path: str,
-        template: str,
-        regime: Regime = "joint",
-        cf_model_path: str | None = None,
-        projector: ProjectorKind = "llara_mlp",
-        dtype: DType = "float32",
-        lora_r: int = 8,
-        lora_alpha: float = 32.0,
-        lora_dropout: float = 0.1,
-        lora_target_modules: list[str] | None = None,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        total_steps: int | None = None,
-        curriculum_steps: int | None = None,
-        stage1_steps: int = 0,
-        eval_prompt: EvalPrompt = "auto",
-        eval_generation: bool = False,
-        max_new_tokens: int = 32,
-        num_beams: int = 1,
-        length_normalize: bool = False,
-        yes_no_loss: Literal["lm", "bce"] = "lm",
-        gradient_checkpointing: bool = False,
-        n_bootstrap: int = 1000,
-        seed: int = 0,
-        predictions_dir: str | None = None,
-        scorer: Scorer = "likelihood",
-        head_loss: HeadLoss = "candidates",
-        projector_lr: float | None = None,
-        train_lora: bool = True,
-        head_init: Literal["none", "standardize", "least_squares"] = "least_squares",
-        head_init_rows: int = 512,
-        head_ridge: float = 100.0,
-        fine_tune: bool = True,
-        head_target: Literal["default", "signed_item", "user"] = "default",
-        head_layer: int | None = None,
-        preference: PreferenceConfig | None = None,
-        num_experts: int = 4,
-        gate_hidden_dim: int | None = None,
-    ) -> None:
-        if cf_model_path is None:
-            raise ValueError("ILoRACollabLLM needs cf_model_path: the gate reads the CF model's sequence_representation")
-        super().__init__(
-            backbone_path=backbone_path, template=template, regime=regime, cf_model_path=cf_model_path,
-            projector=projector, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-            lora_target_modules=lora_target_modules, learning_rate=learning_rate, weight_decay=weight_decay,
-            warmup_steps=warmup_steps, total_steps=total_steps, curriculum_steps=curriculum_steps,
-            stage1_steps=stage1_steps, eval_prompt=eval_prompt, eval_generation=eval_generation,
-            max_new_tokens=max_new_tokens, num_beams=num_beams, length_normalize=length_normalize,
-            yes_no_loss=yes_no_loss, gradient_checkpointing=gradient_checkpointing, n_bootstrap=n_bootstrap, seed=seed,
-            predictions_dir=predictions_dir, scorer=scorer, head_loss=head_loss, projector_lr=projector_lr,
-            train_lora=train_lora, head_init=head_init, head_init_rows=head_init_rows, head_ridge=head_ridge,
-            fine_tune=fine_tune, head_target=head_target, head_layer=head_layer,
-            preference=None,  # started below, once the gate network exists
-        )
-        cf_model = self.injector.cf_model
-        self.ilora_config = ILoRAConfig(
-            num_experts=num_experts, lora_rank=lora_r, lora_alpha=float(lora_alpha),
-            gate_in_dim=int(cf_model.embedding_dim), gate_hidden_dim=gate_hidden_dim, adapter_name="default",
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 2)
-            self.gate_network = GateNetwork.from_config(self.ilora_config)
-        self.expert_gate = ExpertGate()  # plain attribute: not a submodule, no state
-        self.expert_gate.attach(self.llm, self.ilora_config.adapter_name, num_experts)
-        gate_names = [f"gate_network.{n}" for n, _ in self.gate_network.named_parameters()]
-        self.lora_names = self.lora_names + gate_names  # trained, and frozen, with the LoRA
-        self.trainable_keys = self.trainable_keys | {f"gate_network.{k}" for k in self.gate_network.state_dict()}
-        self.start_preference(preference)  # the reference holds the start's gate too: both passes are routed
-
-    def before_llm_call(self, batch: dict[str, Any]) -> None:
-        """Set the gate from ``batch["history"]`` ``(B, L)``: CF sequence representation -> (B, K) weights."""
-        history = batch.get("history")
-        if history is None:
-            raise KeyError(f"iLoRA needs batch['history'] (B, L) for the gate; batch has keys {sorted(batch)}")
-        with torch.no_grad():
-            sequence = self.injector.cf_model.sequence_representation(history.to(self.device))
-        weights = self.gate_network(sequence)
-        self.expert_gate.set(weights)
-        if self.training and self._trainer is not None:
-            for key, value in gate_stats(weights).items():
-                self.log(f"train/{key}", value, batch_size=int(weights.shape[0]))
-
-    def ilora_model(self) -> ILoRAModel:
-        """An :class:`ILoRAModel` view (same peft model, gate network and gate) for bundles / scoring."""
-        return ILoRAModel(self.llm, self.gate_network, self.ilora_config, gate=self.expert_gate)

@@ -5,8 +5,8 @@
 
 Configs compose: ``--config configs/llm/trainer/cpu.yaml --config configs/llm/data/ml100k_loo.yaml
 --config configs/llm/model/llara.yaml`` (later files override earlier ones), or one experiment file.
-The model may be :class:`collab_llm.module.CollabLLM` (plain ``model:`` arguments) or a subclass
-given as ``model: {class_path: collab_llm.ilora.ILoRACollabLLM, init_args: {...}}``.
+The model is :class:`collab_llm.module.CollabLLM` (plain ``model:`` arguments); its adapter is chosen by
+``class_path``: ``model: {adapter: {class_path: collab_llm.adapters.ILoRA, init_args: {...}}}``.
 Linked arguments (set them on the model only): ``model.backbone_path -> data.tokenizer_path`` and
 ``model.template -> data.template``, so the collator always tokenizes with the backbone's tokenizer
 and the template the model scores with. The projector's output size is read from the backbone

@@ -1,6 +1,10 @@
-"""The Lightning module: a frozen LLM with LoRA, fed prompts whose placeholders hold CF soft tokens.
+"""The Lightning module: a trainer around a :class:`collab_llm.recommender.Recommender` (a frozen LLM with a
+LoRA or iLoRA adapter, fed prompts whose placeholders hold CF soft tokens).
 
-Trainable: the LoRA adapter and the projector (fp32, also when the backbone runs bf16). Frozen:
+The Recommender (``self.recommender``) embeds, routes, computes the losses and scores; this module adds
+the training regimes, optimiser groups, logging, evaluation aggregation and checkpoint hooks.
+
+Trainable: the adapter (LoRA; iLoRA: + its gate network) and the projector (fp32, also when the backbone runs bf16). Frozen:
 the backbone and the CF model (``requires_grad=False``, never in the optimizer, never in
 checkpoints). Checkpoints hold only the trainable tensors (plus optimizer / scheduler state), so
 a checkpoint of a 135M-parameter backbone weighs a few MB; resuming continues exactly.
@@ -31,8 +35,9 @@ next-item: log-likelihood ranking of the candidates -> HR@1, HR@5, NDCG@5, NDCG@
 warm / cold. Per-row predictions are kept in :attr:`CollabLLM.predictions` and written to
 ``<log_dir>/predictions_<stage>.parquet`` after a test or a predict run; intervals are 95% bootstrap CIs.
 
-iLoRA (or any per-sample conditioning) subclasses and overrides :meth:`CollabLLM.before_llm_call`,
-called with the batch before every forward / generate of the LLM.
+iLoRA is ``CollabLLM(adapter=ILoRA(...))`` (:mod:`collab_llm.adapters`): the Recommender routes its
+per-sample gate before every forward / generate of the LLM; its gate network trains (and is frozen in
+CoLLM's stage 2) with the LoRA, and training logs ``train/gate_entropy`` and ``train/gate_weight_{k}``.
 
 Preference stage (``preference``, :mod:`collab_llm.sdpo`): the module starts from a supervised run's
 trainable tensors and trains the same parts with the S-DPO loss (DPO with one negative) instead of the
@@ -50,30 +55,29 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from peft import get_peft_model
 from torch import nn
 
 from cf_models.training import warmup_cosine
 from collab_llm import scoring
-from collab_llm.backbone import DType, load_backbone, lora_config, mean_embedding_norm
+from collab_llm.adapters import ILoRA, LoRA
+from collab_llm.backbone import DType
 from collab_llm.errors import UserError
 from collab_llm.heads import ItemScoringHead
 from collab_llm.injection import SoftTokenInjector
 from collab_llm.io import atomic_file
-from collab_llm.prompts import ITEM_PLACEHOLDERS, USER_PLACEHOLDERS, Mode, Task, load_template
+from collab_llm.prompts import Mode, PromptTemplate, Task
+from collab_llm.recommender import HeadLoss, Recommender, Scorer, upgrade_state_keys
 from collab_llm.sdpo import PreferenceConfig, PreferenceStage
-from projectors.mlp import ProjectorKind, build_projector
+from projectors.mlp import ProjectorKind
 
 Regime = Literal["text", "joint", "curriculum", "two_stage"]
-Scorer = Literal["likelihood", "head"]
-HeadLoss = Literal["candidates", "catalog"]
 EvalPrompt = Literal["auto", "text", "hybrid"]
 _EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap",
                   "predictions_dir")
 
 
 class CollabLLM(L.LightningModule):
-    """LoRA (+ projector) training of a frozen causal LM on recommendation prompts.
+    """Adapter (+ projector) training of a :class:`collab_llm.recommender.Recommender` on recommendation prompts.
 
     Args:
         backbone_path: local HF model folder.
@@ -84,9 +88,11 @@ class CollabLLM(L.LightningModule):
             ``regime="text"``).
         projector: projector kind (``"llara_mlp"``, ``"collm_mlp"``, ``"linear"``).
         dtype: backbone weights dtype; trainable parts stay float32.
-        lora_r, lora_alpha, lora_dropout: LoRA rank, alpha (scaling alpha / r), dropout.
-        lora_target_modules: module names; ``None``: the architecture's defaults
-            (:func:`collab_llm.backbone.default_lora_targets`).
+        adapter: the adapter spec (:mod:`collab_llm.adapters`): :class:`~collab_llm.adapters.LoRA` (rank,
+            alpha, dropout, target modules; ``None``: ``LoRA()``, r=8, alpha=16, dropout 0.05, the
+            architecture's targets) or :class:`~collab_llm.adapters.ILoRA` (iLoRA's gated experts; needs a
+            CF model with a sequence representation, SASRec). In a config: ``adapter: {class_path:
+            collab_llm.adapters.ILoRA, init_args: {...}}``.
         learning_rate, weight_decay: AdamW.
         warmup_steps: linear warm-up, then cosine decay to 0 at ``total_steps``.
         total_steps: schedule length; ``None``: ``trainer.estimated_stepping_batches``.
@@ -154,10 +160,7 @@ class CollabLLM(L.LightningModule):
         cf_model_path: str | None = None,
         projector: ProjectorKind = "llara_mlp",
         dtype: DType = "float32",
-        lora_r: int = 8,
-        lora_alpha: float = 16.0,
-        lora_dropout: float = 0.05,
-        lora_target_modules: list[str] | None = None,
+        adapter: LoRA | ILoRA | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -206,28 +209,12 @@ class CollabLLM(L.LightningModule):
         if regime == "two_stage" and stage1_steps <= 0:
             raise ValueError(f"two_stage needs stage1_steps > 0, got {stage1_steps}")
         self.regime = regime
-        self.template = load_template(template)
-        self.task: Task = self.template.task
-        if head_target not in ("default", "signed_item", "user") or (head_target != "default" and self.task != "yes_no"):
-            raise ValueError(f"head_target={head_target!r}: 'default', or for a yes_no template 'signed_item' / 'user'")
-        if yes_no_loss not in ("lm", "bce"):
-            raise ValueError(f"yes_no_loss must be 'lm' or 'bce', got {yes_no_loss!r}")
-        if yes_no_loss == "bce" and self.task != "yes_no":
-            raise ValueError(f"yes_no_loss='bce' needs a yes_no template; {template!r} is a {self.task} template")
-        self.yes_no_loss = yes_no_loss
-        if scorer not in ("likelihood", "head"):
-            raise ValueError(f"scorer must be 'likelihood' or 'head', got {scorer!r}")
-        if head_loss not in ("candidates", "catalog"):
-            raise ValueError(f"head_loss must be 'candidates' or 'catalog', got {head_loss!r}")
-        if head_layer is not None and (scorer != "head" or head_layer < 1):
-            raise ValueError(f"head_layer={head_layer}: needs scorer='head' and a block number >= 1 (null: the final layer)")
         if scorer == "head":
             if regime == "text" or cf_model_path is None:
                 raise ValueError("scorer='head' scores items against their CF embeddings: it needs cf_model_path "
                                  f"and a hybrid regime (got regime {regime!r})")
             if eval_generation:
                 raise ValueError("scorer='head' scores items without generating text; set eval_generation: false")
-        self.scorer: Scorer = scorer
         if not fine_tune and scorer != "head":
             raise ValueError("fine_tune=False leaves only the head's alignment pass: it needs scorer='head'")
         if head_init not in ("none", "standardize", "least_squares"):
@@ -235,68 +222,30 @@ class CollabLLM(L.LightningModule):
         if head_init_rows < 2:
             raise ValueError(f"head_init_rows must be >= 2, got {head_init_rows}")
 
-        backbone = load_backbone(backbone_path, dtype)
-        self.tokenizer = backbone.tokenizer
-        self.placeholder_ids = backbone.placeholder_ids
-        if gradient_checkpointing:
-            backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            backbone.model.enable_input_require_grads()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # LoRA and projector initialisation depend on the seed only
-            self.llm = get_peft_model(
-                backbone.model, lora_config(backbone.model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
-            )
-        for name, p in self.llm.named_parameters():
-            if p.requires_grad:
-                p.data = p.data.float()  # trainable LoRA weights in fp32 even on a bf16 backbone
-        self.llm.train()  # LoRA (and backbone) dropout active in training, as under HF's Trainer
-
-        cf_model = None
-        proj = None
-        if cf_model_path is not None:
-            # importing the model modules registers their model_type for CFModel.from_pretrained
-            import cf_models.mf  # noqa: F401
-            import cf_models.sasrec  # noqa: F401
-            from cf_models.base import CFModel
-
-            cf_model = CFModel.from_pretrained(cf_model_path)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 1)
-                proj = build_projector(
-                    projector, int(cf_model.embedding_dim), backbone.hidden_size,
-                    target_norm=mean_embedding_norm(backbone.model) if projector.startswith("scaled_") else None,
-                )
-        self.injector = SoftTokenInjector(
-            cf_model,
-            proj,
-            [self.placeholder_ids[t] for t in ITEM_PLACEHOLDERS if t in self.placeholder_ids],
-            [self.placeholder_ids[t] for t in USER_PLACEHOLDERS if t in self.placeholder_ids],
+        self.recommender = Recommender.build(
+            backbone_path, template, cf_model_path=cf_model_path, projector=projector, dtype=dtype, adapter=adapter,
+            scorer=scorer, yes_no_loss=yes_no_loss, head_loss=head_loss, head_layer=head_layer,
+            head_target=head_target, gradient_checkpointing=gradient_checkpointing, seed=seed,
         )
-        if self.task == "yes_no":
-            prefix = self.template.answer_prefix
-            self.yes_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_yes, prefix=prefix)
-            self.no_id = scoring.resolve_answer_token(self.tokenizer, self.template.answer_no, prefix=prefix)
-
-        self.head: ItemScoringHead | None = None
         self.head_init_stats: dict[str, float] = {}
-        if scorer == "head":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed + 3)
-                self.head = ItemScoringHead(backbone.hidden_size, int(cf_model.embedding_dim))
-
+        rec = self.recommender
         if train_lora:
-            self.lora_names = [f"llm.{n}" for n, p in self.llm.named_parameters() if p.requires_grad]
+            self.lora_names = [f"recommender.llm.{n}" for n, p in rec.llm.named_parameters() if p.requires_grad]
         else:
-            for p in self.llm.parameters():
+            for p in rec.llm.parameters():
                 p.requires_grad_(False)
             self.lora_names = []
+        trainable = set(self.lora_names)
+        if rec.routing is not None:  # iLoRA's gate network: trained, and frozen, with the LoRA
+            self.lora_names += [f"recommender.routing.gate_network.{n}" for n, _ in rec.routing.gate_network.named_parameters()]
+            trainable |= {f"recommender.routing.gate_network.{k}" for k in rec.routing.gate_network.state_dict()}
         # the "projector" group: projector and head, the new parameters of the injection (own lr)
-        self.projector_names = [f"injector.projector.{n}" for n, _ in proj.named_parameters()] if proj is not None else []
-        if self.head is not None:
-            self.projector_names += [f"head.{n}" for n, _ in self.head.named_parameters()]
-        self.trainable_keys = set(self.lora_names) | {
-            f"injector.projector.{n}" for n in (proj.state_dict() if proj is not None else {})
-        } | ({f"head.{n}" for n in self.head.state_dict()} if self.head is not None else set())
+        self.projector_names: list[str] = []
+        for part, module in (("injector.projector", rec.injector.projector), ("head", rec.head)):
+            if module is not None:
+                self.projector_names += [f"recommender.{part}.{n}" for n, _ in module.named_parameters()]
+                trainable |= {f"recommender.{part}.{k}" for k in module.state_dict()}
+        self.trainable_keys = trainable
         self.strict_loading = False  # checkpoints hold only trainable tensors; checked in on_load_checkpoint
         self._used_groups: set[str] = set()
         self._run_length: int | None = None
@@ -310,8 +259,7 @@ class CollabLLM(L.LightningModule):
     def start_preference(self, config: PreferenceConfig | None) -> None:
         """Begin the preference stage (``None``: none): load the start, freeze it as the reference.
 
-        Called last by the constructor; a subclass that adds trainable parts (iLoRA's gate) passes
-        ``preference=None`` up and calls this itself once they exist.
+        Called last by the constructor, once every trainable part (iLoRA's gate network included) exists.
         """
         if config is None:
             return
@@ -407,11 +355,11 @@ class CollabLLM(L.LightningModule):
                 batch = self.transfer_batch_to_device(batch, self.device, 0) if self._trainer is not None else batch
                 embeds, mask = self.embed(self._view(batch, "hybrid"), prompt_only=True)
                 tokens += int(mask.sum())
-                hidden.append(self.prompt_hidden(batch, embeds, mask).float().cpu())
+                hidden.append(self.recommender.prompt_hidden(batch, embeds, mask).float().cpu())
                 if self.task == "next_item":  # regression target: the true next item's CF embedding
-                    targets.append(self.head_items(batch, "next").float().cpu())
+                    targets.append(self.recommender.head_items(batch, "next").float().cpu())
                 else:
-                    items.append(self.head_items(batch, "target")[:, 0].float().cpu())
+                    items.append(self.recommender.head_items(batch, "target")[:, 0].float().cpu())
                     labels.append(batch["label"].cpu())
                     if self.hparams.head_target == "user":
                         targets.append(self.injector.cf_model.user_embeddings(batch["users"].to(self.device)).float().cpu())
@@ -451,85 +399,73 @@ class CollabLLM(L.LightningModule):
             return "text"
         return "hybrid"
 
-    def before_llm_call(self, batch: dict[str, Any]) -> None:
-        """Hook for per-sample conditioning of the LLM (iLoRA's gate). No-op here."""
+    # ------------------------------------------------------------------ the recommender's parts
+    @property
+    def llm(self) -> nn.Module:
+        """The peft model (``self.recommender.llm``)."""
+        return self.recommender.llm
 
-    # ------------------------------------------------------------------ forward
-    @staticmethod
-    def _view(batch: dict[str, Any], mode: Mode) -> dict[str, torch.Tensor]:
-        if mode not in batch:
-            views = [k for k in ("text", "hybrid") if k in batch]
-            raise KeyError(f"batch has no {mode!r} prompt view (has {views}); add it to the datamodule's modes")
-        return batch[mode]
+    @property
+    def injector(self) -> SoftTokenInjector:
+        return self.recommender.injector
+
+    @property
+    def head(self) -> ItemScoringHead | None:
+        return self.recommender.head
+
+    @property
+    def template(self) -> PromptTemplate:
+        return self.recommender.template
+
+    @property
+    def task(self) -> Task:
+        return self.recommender.task
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.recommender.tokenizer
+
+    @property
+    def placeholder_ids(self) -> dict[str, int]:
+        return self.recommender.placeholder_ids
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.recommender.scorer
+
+    @property
+    def yes_no_loss(self) -> str:
+        return self.recommender.yes_no_loss
+
+    @property
+    def yes_id(self) -> int:
+        return self.recommender.yes_id
+
+    @property
+    def no_id(self) -> int:
+        return self.recommender.no_id
+
+    _view = staticmethod(Recommender.view)
 
     def embed(self, view: dict[str, torch.Tensor], prompt_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``inputs_embeds (B, T, H)`` with soft tokens, and the attention mask, of one view."""
-        ids = view["prompt_input_ids"] if prompt_only else view["input_ids"]
-        mask = view["prompt_attention_mask"] if prompt_only else view["attention_mask"]
-        embeds = self.injector(self.llm.get_input_embeddings(), ids, view["soft_item_ids"], view["soft_user_ids"])
-        return embeds, mask
+        """:meth:`collab_llm.recommender.Recommender.embed`."""
+        return self.recommender.embed(view, prompt_only)
 
     def lm_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
-        """Mean cross-entropy of the answer + EOS tokens (prompt masked)."""
-        view = self._view(batch, mode)
-        embeds, mask = self.embed(view, prompt_only=False)
-        self.before_llm_call(batch)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=view["labels"], use_cache=False)
-        return out.loss
+        """:meth:`collab_llm.recommender.Recommender.lm_loss`."""
+        return self.recommender.lm_loss(batch, mode)
 
     def bce_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
-        """CoLLM's loss: BCE-with-logits of the Yes logit at the answer position against the label."""
-        view = self._view(batch, mode)
-        embeds, mask = self.embed(view, prompt_only=True)
-        self.before_llm_call(batch)
-        yes_logit = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)[:, 0]
-        return torch.nn.functional.binary_cross_entropy_with_logits(yes_logit, batch["label"].to(yes_logit).float())
-
-    def prompt_hidden(self, batch: dict[str, Any], embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``(B, H)``: the LLM's last hidden state of the left-padded prompt ``embeds`` (what the head reads)."""
-        self.before_llm_call(batch)
-        return scoring.last_hidden_state(self.llm, embeds, mask, layer=self.hparams.head_layer)
-
-    @torch.no_grad()
-    def head_items(self, batch: dict[str, Any], items: str) -> torch.Tensor:
-        """Frozen CF item embeddings for the head: ``"candidates"`` ``(B, C, d)``, ``"catalog"``
-        ``(n_items, d)`` (items 1..n), ``"target"`` ``(B, 1, d)`` (Yes/No: the item asked about) or
-        ``"next"`` ``(B, d)`` (next-item: the true next item)."""
-        cf = self.injector.cf_model
-        if items == "candidates":
-            return cf.item_embeddings(batch["candidates"].to(self.device))
-        if items == "target":
-            return cf.item_embeddings(batch["item"].to(self.device)).unsqueeze(1)
-        if items == "next":
-            return cf.item_embeddings(batch["target"].to(self.device))
-        if items == "catalog":
-            return cf.item_embeddings(torch.arange(1, int(cf.config.n_items) + 1, device=self.device))
-        raise ValueError(f"items must be candidates/target/next/catalog, got {items!r}")
-
-    def head_scores(
-        self, batch: dict[str, Any], mode: Mode, items: str = "candidates",
-        embedded: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Item-scoring head on the prompt of ``mode``: ``(B, C)`` candidate scores (next-item,
-        ``items="candidates"``), ``(B, n_items)`` catalogue scores (``"catalog"``: items 1..n), or
-        ``(B, 1)`` target-item logits (Yes/No, ``"target"``). ``embedded``: the prompt's
-        ``(inputs_embeds, mask)`` when the caller already built them."""
-        if self.head is None:
-            raise RuntimeError("head_scores needs scorer='head'")
-        embeds, mask = embedded if embedded is not None else self.embed(self._view(batch, mode), prompt_only=True)
-        return self.head(self.prompt_hidden(batch, embeds, mask), self.head_items(batch, items))
+        """:meth:`collab_llm.recommender.Recommender.bce_loss`."""
+        return self.recommender.bce_loss(batch, mode)
 
     def head_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
-        """Next-item: softmax cross-entropy of the target among the candidates (or the catalogue);
-        Yes/No: BCE of the target item's head logit against the label."""
-        if self.task == "yes_no":
-            logit = self.head_scores(batch, mode, "target")[:, 0]
-            return torch.nn.functional.binary_cross_entropy_with_logits(logit, batch["label"].to(logit).float())
-        if self.hparams.head_loss == "catalog":
-            scores = self.head_scores(batch, mode, "catalog")
-            return torch.nn.functional.cross_entropy(scores, batch["target"].to(self.device) - 1)
-        scores = self.head_scores(batch, mode, "candidates")
-        return torch.nn.functional.cross_entropy(scores, batch["target_index"].to(self.device))
+        """:meth:`collab_llm.recommender.Recommender.head_loss`."""
+        return self.recommender.head_loss(batch, mode)
+
+    def head_scores(self, batch: dict[str, Any], mode: Mode, items: str = "candidates") -> torch.Tensor:
+        """:meth:`collab_llm.recommender.Recommender.head_scores`."""
+        return self.recommender.head_scores(batch, mode, items)
 
     def preference_loss(self, batch: dict[str, Any], mode: Mode) -> torch.Tensor:
         """The preference stage's S-DPO loss (:meth:`collab_llm.sdpo.PreferenceStage.loss`); logs its
@@ -550,12 +486,8 @@ class CollabLLM(L.LightningModule):
             torch.manual_seed(int(self.hparams.seed) * 7_919 + step * 104_729 + int(self.global_rank))
             if self.preference is not None:
                 loss = self.preference_loss(batch, mode)
-            elif self.scorer == "head":
-                loss = self.head_loss(batch, mode)
-            elif self.yes_no_loss == "bce":
-                loss = self.bce_loss(batch, mode)
             else:
-                loss = self.lm_loss(batch, mode)
+                loss = self.recommender.loss(batch, mode)
         stage2 = self.regime == "two_stage" and step >= self.hparams.stage1_steps
         if not stage2 and self.lora_names:
             self._used_groups.add("lora")
@@ -564,6 +496,9 @@ class CollabLLM(L.LightningModule):
         if mode == "text" and self.projector_names:
             loss = loss + 0.0 * sum(p.sum() for p in self.injector.projector.parameters())
         self.log("train/loss", loss, prog_bar=True, batch_size=int(batch["users"].shape[0]))
+        if self.recommender.routing is not None:  # the gate of the last routed pass (the policy's)
+            for key, value in self.recommender.routing.stats().items():
+                self.log(f"train/{key}", value, batch_size=int(batch["users"].shape[0]))
         self.log("train/hybrid", float(mode == "hybrid"), batch_size=int(batch["users"].shape[0]))
         return loss
 
@@ -578,50 +513,10 @@ class CollabLLM(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def score_batch(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Per-row predictions of one batch (next-item: candidate scores; yes/no: P(Yes))."""
-        view = self._view(batch, self.eval_mode())
-        embeds, mask = self.embed(view, prompt_only=True)
-        rows: list[dict[str, Any]] = []
-        users = batch["users"].tolist()
-        index = batch["row_index"].tolist()
-        if self.task == "next_item":
-            if self.scorer == "head":
-                scores = self.head_scores(batch, self.eval_mode(), "candidates", (embeds, mask)).float().cpu()
-            else:
-                self.before_llm_call(batch)
-                scores = scoring.rank_candidates(
-                    self.llm, embeds, mask, batch["candidate_token_ids"], self.length_normalize
-                ).float().cpu()
-            choices: list[int | None] = [None] * len(users)
-            answers = [""] * len(users)
-            if self.eval_generation:
-                self.before_llm_call(batch)
-                answers = scoring.generate_answers(
-                    self.llm, embeds, mask, self.tokenizer, self.max_new_tokens, self.num_beams
-                )
-                choices = [scoring.parse_choice(a, t) for a, t in zip(answers, batch["candidate_titles"])]
-            for i in range(len(users)):
-                rows.append({
-                    "row_index": index[i], "user": users[i], "target_index": int(batch["target_index"][i]),
-                    "scores": scores[i].tolist(), "answer": answers[i], "choice": choices[i],
-                })
-        else:
-            if self.scorer == "head":
-                p_yes = torch.sigmoid(self.head_scores(batch, self.eval_mode(), "target", (embeds, mask))[:, 0]).float().cpu()
-            elif self.yes_no_loss == "bce":
-                self.before_llm_call(batch)
-                logits = scoring.yes_no_logits(self.llm, embeds, mask, self.yes_id, self.no_id)
-                p_yes = torch.sigmoid(logits[:, 0]).float().cpu()
-            else:
-                self.before_llm_call(batch)
-                p_yes = scoring.yes_no_scores(self.llm, embeds, mask, self.yes_id, self.no_id).float().cpu()
-            warm = batch["warm"].tolist() if "warm" in batch else [True] * len(users)
-            for i in range(len(users)):
-                rows.append({
-                    "row_index": index[i], "user": users[i], "label": int(batch["label"][i]),
-                    "score": float(p_yes[i]), "warm": bool(warm[i]),
-                })
-        return rows
+        """Per-row predictions of one batch (next-item: candidate scores; yes/no: P(Yes)) in the evaluation
+        prompt view: :meth:`collab_llm.recommender.Recommender.score` with the evaluation settings."""
+        return self.recommender.score(batch, self.eval_mode(), self.length_normalize, self.eval_generation,
+                                      self.max_new_tokens, self.num_beams)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_rows.extend(self.score_batch(batch))
@@ -734,7 +629,10 @@ class CollabLLM(L.LightningModule):
         checkpoint[MADE_FROM_KEY] = self.made_from()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check what the checkpoint was made from and that it holds exactly the trainable tensors (keys of a
+        checkpoint written before the module held a Recommender are renamed first)."""
         check_checkpoint_made_from(self, checkpoint.get(MADE_FROM_KEY))
+        checkpoint["state_dict"] = upgrade_state_keys(checkpoint["state_dict"])
         self._checkpoint_step = int(checkpoint.get("global_step", 0))
         keys = set(checkpoint["state_dict"])
         missing = self.trainable_keys - keys

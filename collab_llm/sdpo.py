@@ -273,12 +273,9 @@ class PreferenceStage:
     @staticmethod
     def answer_logps(module: "CollabLLM", batch: dict[str, Any], mode: str, answers: list[list[list[int]]]) -> Tensor:
         """``(B, A)`` summed log-likelihoods of each row's answers after its prompt (soft tokens and the
-        iLoRA gate from the module's current tensors): one prompt pass, the answers packed over its cache."""
-        from collab_llm import scoring
-
-        embeds, mask = module.embed(module._view(batch, mode), prompt_only=True)
-        module.before_llm_call(batch)
-        return scoring.rank_candidates(module.llm, embeds, mask, answers)
+        iLoRA gate from the module's current tensors): one prompt pass, the answers packed over its cache
+        (:meth:`collab_llm.recommender.Recommender.candidate_logps`)."""
+        return module.recommender.candidate_logps(batch, mode, answers)
 
     def loss(self, module: "CollabLLM", batch: dict[str, Any], mode: str) -> tuple[PreferenceLoss, dict[str, float]]:
         """The S-DPO loss of a training batch in prompt view ``mode``, and :func:`preference_stats`.
@@ -337,6 +334,9 @@ def _load_checkpoint_start(module: "CollabLLM", path: Path, flag: str) -> None:
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path}: has no 'state_dict'; {flag} must name a collab-llm fit checkpoint")
+    from collab_llm.recommender import upgrade_state_keys
+
+    state = upgrade_state_keys(state)
     keys = set(state)
     missing = sorted(module.trainable_keys - keys)
     unexpected = sorted(keys - module.trainable_keys)
@@ -364,7 +364,8 @@ def _load_bundle_start(module: "CollabLLM", folder: Path, flag: str) -> None:
         config = BundleConfig.read(folder)
     except (OSError, ValueError) as error:
         raise UserError(f"{error}; check {flag}") from error
-    gate = getattr(module, "gate_network", None)
+    routing = module.recommender.routing
+    gate = routing.gate_network if routing is not None else None
     want_kind = "ilora" if gate is not None else "lora"
     if config.adapter_kind != want_kind:
         raise UserError(f"{folder}: holds a {config.adapter_kind} adapter, this model is {want_kind}; check {flag}")

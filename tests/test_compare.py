@@ -51,7 +51,7 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
     assert ("llara", "gen_hr@1") in metrics and ("llara", "gen_valid_ratio") in metrics
     assert ("sasrec", "hr@1") in metrics
     assert ("head", "hr@1") in metrics and ("head", "gen_hr@1") not in metrics  # the head generates no text
-    assert (report / "runs" / "head" / "bundle" / "projectors" / "head_query").is_dir()
+    assert (report / "runs" / "head" / "bundle" / "head" / "head.safetensors").is_file()
     bundle = report / "runs" / "ilora" / "bundle"
     assert (bundle / "bundle.json").exists() and (bundle / "README.md").exists()
     csv = pd.read_csv(report / "results.csv")

@@ -16,6 +16,7 @@ from collab_llm import scoring  # noqa: E402
 from collab_llm.backbone import load_backbone, mean_embedding_norm, native_bf16, resolve_dtype  # noqa: E402
 from collab_llm.datamodule import RecDataModule  # noqa: E402
 from collab_llm.heads import ItemScoringHead  # noqa: E402
+from collab_llm.adapters import LoRA  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
 from projectors import Projector, ScaledProjector, build_projector  # noqa: E402
 
@@ -148,7 +149,7 @@ def _head_module(tmp_path, task="next_item", **kw):
         backbone_path=str(backbone), template=template, regime="joint",
         cf_model_path=str(cf["sasrec" if task == "next_item" else "mf"]),
         projector="scaled_llara_mlp" if task == "next_item" else "scaled_collm_mlp",
-        lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-3, scorer="head", **kw,
+        adapter=LoRA(r=4, alpha=8, dropout=0.0), learning_rate=1e-3, scorer="head", **kw,
     )
     data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), modes=["hybrid"],
                          batch_size=4, eval_batch_size=4)
@@ -159,15 +160,15 @@ def _head_module(tmp_path, task="next_item", **kw):
 def test_head_recipe_trains_lora_projector_head_with_own_lr(tmp_path, head_loss):
     module, data = _head_module(tmp_path, head_loss=head_loss, projector_lr=5e-2, head_init_rows=6)
     before = module.trainable_state()
-    assert int(before["head.initialized"]) == 0
-    assert any(k.startswith("head.") for k in before) and any(k.startswith("llm.") for k in before)
+    assert int(before["recommender.head.initialized"]) == 0
+    assert any(k.startswith("recommender.head.") for k in before) and any(k.startswith("recommender.llm.") for k in before)
     t = trainer(tmp_path, max_steps=3)
     t.fit(module, datamodule=data)
     groups = t.optimizers[0].param_groups
     assert [g["initial_lr"] for g in groups] == [1e-3, 5e-2]
     after = module.trainable_state()
-    assert int(after["head.initialized"]) == 1 and not torch.equal(before["head.std"], after["head.std"])
-    for prefix in ("llm.", "injector.projector.", "head."):
+    assert int(after["recommender.head.initialized"]) == 1 and not torch.equal(before["recommender.head.std"], after["recommender.head.std"])
+    for prefix in ("recommender.llm.", "recommender.injector.projector.", "recommender.head."):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
     # the head scores the stored candidates: one score per candidate, the rows' own
     data.setup("test")
@@ -195,7 +196,7 @@ def test_alignment_pass_fits_the_frozen_llm_states_and_is_not_rerun_on_resume(tm
         y = module.injector.cf_model.item_embeddings(batch["target"]).float()
     ref = ItemScoringHead(h.shape[1], y.shape[1])
     ref.fit_least_squares(h, y, ridge=100.0)
-    assert torch.allclose(ref.query.net.weight, fitted["head.query.net.weight"], atol=1e-4)
+    assert torch.allclose(ref.query.net.weight, fitted["recommender.head.query.net.weight"], atol=1e-4)
     # a module whose head is already initialised (a resumed run) keeps it at train start
     module.head.query.net.weight.data.add_(1.0)
     marked = module.head.query.net.weight.detach().clone()
@@ -208,7 +209,7 @@ def test_alignment_pass_fits_the_frozen_llm_states_and_is_not_rerun_on_resume(tm
 def test_head_without_lora_keeps_the_backbone_plain(tmp_path):
     module, data = _head_module(tmp_path, train_lora=False, head_init_rows=4)
     before = module.trainable_state()
-    assert not any(k.startswith("llm.") for k in before)
+    assert not any(k.startswith("recommender.llm.") for k in before)
     lora_before = {n: p.detach().clone() for n, p in module.llm.named_parameters() if "lora_" in n}
     trainer(tmp_path, max_steps=2).fit(module, datamodule=data)
     assert all(torch.equal(lora_before[n], p) for n, p in module.llm.named_parameters() if "lora_" in n)

@@ -443,7 +443,7 @@ def test_gate_stats_golden_values():
     assert gate_stats(torch.full((3, 4), 0.25))["gate_entropy"] == pytest.approx(math.log(4))
 
 
-# ------------------------------------------------------------------ Lightning module (ILoRACollabLLM)
+# ------------------------------------------------------------------ Lightning module (CollabLLM with adapter=ILoRA)
 
 
 def _build_module(tmp_path, family: str, eval_batch_size: int = 4, **module_args):
@@ -453,14 +453,15 @@ def _build_module(tmp_path, family: str, eval_batch_size: int = 4, **module_args
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split
 
+    from collab_llm.adapters import ILoRA
     from collab_llm.datamodule import RecDataModule
-    from collab_llm.ilora import ILoRACollabLLM
+    from collab_llm.module import CollabLLM
 
     backbone = make_backbone_dir(tmp_path, family)
     cf = make_cf_dirs(tmp_path)
-    module = ILoRACollabLLM(
+    module = CollabLLM(
         backbone_path=str(backbone), template="llara_movielens", regime="joint", cf_model_path=str(cf["sasrec"]),
-        lora_r=4, lora_alpha=8.0, lora_dropout=0.0, num_experts=2, learning_rate=1e-2, **module_args,
+        adapter=ILoRA(r=4, alpha=8.0, dropout=0.0, num_experts=2), learning_rate=1e-2, **module_args,
     )
     data = RecDataModule(str(make_split(tmp_path, "next_item")), "llara_movielens", str(backbone),
                          batch_size=2, eval_batch_size=eval_batch_size)
@@ -472,23 +473,25 @@ def _randomise(module, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if "lora_B" in name or name.startswith("gate_network"):
+            if "lora_B" in name or name.startswith("recommender.routing.gate_network"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 2.0)
 
 
-def test_module_signature_covers_collab_llm():
-    import inspect
+def test_ilora_spec_defaults_and_round_trip():
+    """The paper's defaults (r=8, alpha=32, dropout 0.1, K=4); LoRA keeps CollabLLM's former defaults; both
+    round-trip through bundle.json's form; a rank that K does not divide is refused."""
+    from collab_llm.adapters import ILoRA, LoRA, adapter_from_dict
 
-    from collab_llm.ilora import ILoRACollabLLM
-    from collab_llm.module import CollabLLM
-
-    parent = inspect.signature(CollabLLM.__init__).parameters
-    child = inspect.signature(ILoRACollabLLM.__init__).parameters
-    assert [k for k in parent if k not in child] == []
-    # same defaults as CollabLLM (so iLoRA with defaults differs from LLaRA only by its experts), except
-    # the paper's LoRA settings for iLoRA: alpha 32, dropout 0.1
-    differing = {k for k in parent if k != "self" and parent[k].default != child[k].default}
-    assert differing == {"lora_alpha", "lora_dropout"}
+    spec = ILoRA()
+    assert (spec.r, spec.alpha, spec.dropout, spec.num_experts, spec.gate_hidden_dim) == (8, 32.0, 0.1, 4, None)
+    assert (LoRA().r, LoRA().alpha, LoRA().dropout, LoRA().target_modules) == (8, 16.0, 0.05, None)
+    for s in (spec, LoRA(r=4, target_modules=["q_proj"]), ILoRA(r=4, num_experts=2, gate_hidden_dim=6)):
+        assert adapter_from_dict(s.to_dict()) == s
+    assert (spec.kind, LoRA().kind) == ("ilora", "lora")
+    with pytest.raises(ValueError, match="multiple of num_experts"):
+        ILoRA(r=8, num_experts=3)
+    with pytest.raises(ValueError, match="class_path"):
+        adapter_from_dict({"class_path": "collab_llm.ilora.ILoRACollabLLM", "init_args": {}})
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -496,13 +499,14 @@ def test_module_trains_gate_with_lora(tmp_path, family):
     import lightning as L
 
     module, data = _build_module(tmp_path, family)
-    gate_keys = {f"gate_network.{k}" for k in module.gate_network.state_dict()}
+    routing = module.recommender.routing
+    gate_keys = {f"recommender.routing.gate_network.{k}" for k in routing.gate_network.state_dict()}
     assert gate_keys and gate_keys <= module.trainable_keys
     _randomise(module)
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     module.lm_loss(batch, "hybrid").backward()
-    weights = module.expert_gate.weights
+    weights = routing.expert_gate.weights
     assert weights.shape == (batch["history"].shape[0], 2) and weights.requires_grad
     for name, p in module.named_parameters():
         if name in module.trainable_keys:
@@ -510,11 +514,11 @@ def test_module_trains_gate_with_lora(tmp_path, family):
         else:
             assert p.grad is None, name
     module.zero_grad(set_to_none=True)
-    before = {k: v.clone() for k, v in module.gate_network.state_dict().items()}
+    before = {k: v.clone() for k, v in routing.gate_network.state_dict().items()}
     L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
               max_steps=2, default_root_dir=str(tmp_path)).fit(module, datamodule=data)
-    after = module.gate_network.state_dict()
+    after = routing.gate_network.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)
 
 
@@ -528,7 +532,7 @@ def test_module_eval_batch_equals_rows_alone(tmp_path, family):
     data.setup("test")
     batch = next(iter(data.test_dataloader()))
     rows = module.score_batch(batch)
-    gates = module.expert_gate.weights
+    gates = module.recommender.routing.expert_gate.weights
     assert (gates[0] - gates[1]).abs().max() > 0.05  # rows really get different gates
     _, single = _build_module(tmp_path, family, eval_batch_size=1)
     single.setup("test")
@@ -544,38 +548,33 @@ def test_module_eval_batch_equals_rows_alone(tmp_path, family):
         assert row["answer"] == ref["answer"]
     # the gate matters at this tolerance: uniform gates give other scores
     with torch.no_grad():
-        module.gate_network.net.weight.zero_()
-        module.gate_network.net.bias.zero_()
+        module.recommender.routing.gate_network.net.weight.zero_()
+        module.recommender.routing.gate_network.net.bias.zero_()
     uniform = module.score_batch(batch)
     assert max(abs(a - b) for r, u in zip(rows, uniform) for a, b in zip(r["scores"], u["scores"])) > 1e-2
 
 
 def test_ilora_experiment_config_fits(tmp_path, monkeypatch):
-    """configs/llm/experiments/ilora.yaml: fast_dev_run through LightningCLI (subclass mode, as the
-    config's model: class_path needs), on the tiny split, backbone and SASRec."""
+    """configs/llm/experiments/ilora.yaml: fast_dev_run through the project's LightningCLI (the adapter
+    chosen by its class_path), on the tiny split, backbone and SASRec."""
     import sys
     from pathlib import Path
 
     import yaml
-    from lightning.pytorch.cli import LightningCLI
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split
 
-    from collab_llm.datamodule import RecDataModule
-    from collab_llm.ilora import ILoRACollabLLM
-    from collab_llm.module import CollabLLM
-
-    class SubclassCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
-            parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
-            parser.link_arguments("model.init_args.template", "data.template")
+    from collab_llm.adapters import ILoRA
+    from collab_llm.llm_cli import build_cli
 
     cfg_path = Path(__file__).resolve().parents[1] / "configs" / "llm" / "experiments" / "ilora.yaml"
     assert "collab-llm fit --config configs/llm/experiments/ilora.yaml" in cfg_path.read_text()
     cfg = yaml.safe_load(cfg_path.read_text())
-    init = cfg["model"]["init_args"]
-    assert (init["lora_r"], init["lora_alpha"], init["num_experts"]) == (8, 32.0, 4)  # the paper's r, alpha, K
+    adapter = cfg["model"]["adapter"]
+    assert adapter["class_path"] == "collab_llm.adapters.ILoRA"
+    init = adapter["init_args"]
+    assert (init["r"], init["alpha"], init["num_experts"]) == (8, 32.0, 4)  # the paper's r, alpha, K
     monkeypatch.chdir(tmp_path)
     args = [
         "fit", "--config", str(cfg_path),
@@ -586,10 +585,10 @@ def test_ilora_experiment_config_fits(tmp_path, monkeypatch):
         "--data.batch_size", "2", "--data.eval_batch_size", "6",
         "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false",
     ]
-    cli = SubclassCLI(CollabLLM, RecDataModule, subclass_mode_model=True, args=args, seed_everything_default=0,
-                      save_config_kwargs={"overwrite": True})
-    assert isinstance(cli.model, ILoRACollabLLM)
-    assert cli.model.ilora_config.num_experts == 4 and cli.model.ilora_config.expert_rank == 2
+    cli = build_cli(args)
+    assert isinstance(cli.model.recommender.adapter, ILoRA)
+    config = cli.model.recommender.routing.config
+    assert config.num_experts == 4 and config.expert_rank == 2
     assert cli.trainer.global_step == 1
     assert 0.0 <= cli.model.last_metrics["val/hr@1"] <= 1.0
 

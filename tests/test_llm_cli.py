@@ -34,9 +34,9 @@ def overrides(tmp_path: Path, task: str, model_cfg: dict, family: str = "llama")
     if cf is not None:
         dirs = make_cf_dirs(tmp_path)
         args += ["--model.cf_model_path", str(dirs["sasrec" if "sasrec" in cf else "mf"])]
-    targets = model_cfg["model"].get("lora_target_modules")
+    targets = ((model_cfg["model"].get("adapter") or {}).get("init_args") or {}).get("target_modules")
     if targets is not None and family == "gpt2":
-        args += ["--model.lora_target_modules", "[c_attn]"]
+        args += ["--model.adapter.target_modules", "[c_attn]"]
     if model_cfg["model"].get("regime") == "two_stage":
         args += ["--model.stage1_steps", "1"]
     return args

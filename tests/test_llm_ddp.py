@@ -27,14 +27,15 @@ SCRIPT = textwrap.dedent(
     from safetensors.torch import save_file
 
     from collab_llm.datamodule import RecDataModule
+    from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
 
     torch.set_num_threads(1)
     root = Path(sys.argv[1])
     module = CollabLLM(
         backbone_path=str(root / "tiny-llama"), template="llara_movielens", regime="curriculum",
-        curriculum_steps=2, cf_model_path=str(root / "cf-sasrec"), lora_r=4, lora_alpha=8.0,
-        lora_dropout=0.1, learning_rate=1e-2, seed=0,
+        curriculum_steps=2, cf_model_path=str(root / "cf-sasrec"), adapter=LoRA(r=4, alpha=8.0,
+        dropout=0.1), learning_rate=1e-2, seed=0,
     )
     save_file({k: v.contiguous() for k, v in module.trainable_state().items()}, str(root / "init.safetensors"))
     data = RecDataModule(str(root / "split-next_item"), "llara_movielens", str(root / "tiny-llama"), batch_size=2)

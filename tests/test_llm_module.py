@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
 from collab_llm import metrics  # noqa: E402
+from collab_llm.adapters import LoRA  # noqa: E402
 from collab_llm.datamodule import RecDataModule  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
 
@@ -29,7 +30,7 @@ def build(tmp_path: Path, family: str, task: str, regime: str, **module_args):
     module = CollabLLM(
         backbone_path=str(backbone), template=template, regime=regime, cf_model_path=cf_path,
         projector="llara_mlp" if task == "next_item" else "collm_mlp",
-        lora_r=4, lora_alpha=8, lora_dropout=0.1, learning_rate=1e-2, **module_args,
+        adapter=LoRA(r=4, alpha=8, dropout=0.1), learning_rate=1e-2, **module_args,
     )
     data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), batch_size=2, eval_batch_size=4)
     return module, data
@@ -54,8 +55,8 @@ def test_only_lora_and_projector_train(tmp_path, family):
     module, data = build(tmp_path, family, "next_item", "joint")
     before_frozen = frozen_state(module)
     before_train = module.trainable_state()
-    assert any(k.startswith("injector.cf_model.") for k in before_frozen)
-    assert {k.split(".")[0] for k in before_train} == {"llm", "injector"}
+    assert any(k.startswith("recommender.injector.cf_model.") for k in before_frozen)
+    assert {tuple(k.split(".")[:2]) for k in before_train} == {("recommender", "llm"), ("recommender", "injector")}
     # one manual backward: no gradient reaches the backbone or the CF model
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
@@ -125,7 +126,7 @@ def test_two_stage_trains_lora_then_projector(tmp_path, family):
     def moved(a, b, prefix):
         return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))
 
-    lora, proj = "llm.", "injector.projector."
+    lora, proj = "recommender.llm.", "recommender.injector.projector."
     assert moved(snaps[0], snaps[2], lora) and not moved(snaps[0], snaps[2], proj)  # stage 1
     assert not moved(snaps[2], snaps[4], lora) and moved(snaps[2], snaps[4], proj)  # stage 2
     assert module.eval_mode() == "hybrid"

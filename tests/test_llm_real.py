@@ -15,6 +15,7 @@ from collab_llm import scoring  # noqa: E402
 from collab_llm.backbone import default_lora_targets, load_backbone  # noqa: E402
 from collab_llm.collate import PromptCollator  # noqa: E402
 from collab_llm.datamodule import RecDataModule  # noqa: E402
+from collab_llm.adapters import LoRA  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
 from collab_llm.prompts import load_template  # noqa: E402
 
@@ -37,7 +38,7 @@ def test_smollm2_hybrid_training_lowers_the_loss(real_assets, tmp_path):
     cf = make_cf_dirs(tmp_path)
     module = CollabLLM(
         backbone_path=str(real_assets.smollm2), template="llara_movielens", regime="joint",
-        cf_model_path=str(cf["sasrec"]), lora_r=8, lora_alpha=32.0, lora_dropout=0.0, learning_rate=2e-3,
+        cf_model_path=str(cf["sasrec"]), adapter=LoRA(r=8, alpha=32.0, dropout=0.0), learning_rate=2e-3,
     )
     data = RecDataModule(str(make_split(tmp_path, "next_item")), "llara_movielens", str(real_assets.smollm2), batch_size=2)
     data.setup("fit")

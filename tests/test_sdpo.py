@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_llm_fixtures import N_CANDIDATES, make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
-from collab_llm import scoring  # noqa: E402
+from collab_llm.adapters import ILoRA, LoRA  # noqa: E402
 from collab_llm.datamodule import RecDataModule  # noqa: E402
 from collab_llm.errors import UserError  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
@@ -106,16 +106,15 @@ def test_negatives_are_distinct_non_targets_fixed_per_row():
 
 
 # ------------------------------------------------------------------------------------------ the module
-def _supervised(tmp_path: Path, regime: str = "joint", cls=CollabLLM, **kw) -> CollabLLM:
+def _supervised(tmp_path: Path, regime: str = "joint", ilora: bool = False, r: int = 4, alpha: float = 8.0,
+                dropout: float = 0.1, **kw) -> CollabLLM:
     backbone = make_backbone_dir(tmp_path, "llama")
     cf = make_cf_dirs(tmp_path)
+    adapter = ILoRA(r=r, alpha=alpha, dropout=dropout, num_experts=2) if ilora else LoRA(r=r, alpha=alpha, dropout=dropout)
     args = dict(backbone_path=str(backbone), template="llara_movielens", regime=regime,
-                cf_model_path=None if regime == "text" else str(cf["sasrec"]), lora_r=4, lora_alpha=8.0,
-                lora_dropout=0.1, learning_rate=5e-2)
-    if cls is not CollabLLM:
-        args.update(num_experts=2)
+                cf_model_path=None if regime == "text" else str(cf["sasrec"]), adapter=adapter, learning_rate=5e-2)
     args.update(kw)
-    return cls(**args)
+    return CollabLLM(**args)
 
 
 def _randomise(module: CollabLLM, seed: int) -> None:
@@ -149,9 +148,7 @@ def _all_candidate_logps(module: CollabLLM, batch: dict, mode: str) -> torch.Ten
     """The supervised model's own evaluation scores: every candidate, eval mode, no grad."""
     module.eval()
     with torch.no_grad():
-        embeds, mask = module.embed(module._view(batch, mode), prompt_only=True)
-        module.before_llm_call(batch)
-        return scoring.rank_candidates(module.llm, embeds, mask, batch["candidate_token_ids"])
+        return module.recommender.candidate_logps(batch, mode)
 
 
 def _picked(scores: torch.Tensor, batch: dict, negatives: torch.Tensor) -> torch.Tensor:
@@ -208,7 +205,7 @@ def test_step_loss_gradients_and_dpo_case(tmp_path):
     ckpt = _checkpoint(tmp_path, start)
     batch = next(iter(_data(tmp_path).train_dataloader()))
     for k in (1, 3):
-        policy = _supervised(tmp_path, preference=PreferenceConfig(str(ckpt), 0.5, k), lora_dropout=0.0)
+        policy = _supervised(tmp_path, preference=PreferenceConfig(str(ckpt), 0.5, k), dropout=0.0)
         policy.train()
         out, stats = policy.preference.loss(policy, batch, "hybrid")
         # at the start, policy = reference (dropout off): every reward is 0 and the loss is log(1 + k)
@@ -236,37 +233,35 @@ def test_step_loss_gradients_and_dpo_case(tmp_path):
 
 
 def test_ilora_gate_routes_both_passes(tmp_path):
-    from collab_llm.ilora import ILoRACollabLLM
-
-    start = _supervised(tmp_path, cls=ILoRACollabLLM)
+    start = _supervised(tmp_path, ilora=True)
     _randomise(start, 2)
-    policy = _supervised(tmp_path, cls=ILoRACollabLLM,
-                         preference=PreferenceConfig(str(_checkpoint(tmp_path, start)), 1.0, 2))
-    assert any(n.startswith("gate_network.") for n in policy.preference.reference.names)
+    policy = _supervised(tmp_path, ilora=True, preference=PreferenceConfig(str(_checkpoint(tmp_path, start)), 1.0, 2))
+    assert any(n.startswith("recommender.routing.gate_network.") for n in policy.preference.reference.names)
+    routing, start_routing = policy.recommender.routing, start.recommender.routing
     with torch.no_grad():  # a trained policy: its gate now routes differently from the start's
-        for p in policy.gate_network.parameters():
+        for p in routing.gate_network.parameters():
             p.add_(torch.randn_like(p))
     batch = next(iter(_data(tmp_path).train_dataloader()))
     sequence = policy.injector.cf_model.sequence_representation(batch["history"])
     with torch.no_grad():
-        start_gate, policy_gate = start.gate_network(sequence), policy.gate_network(sequence)
+        start_gate, policy_gate = start_routing.gate_network(sequence), routing.gate_network(sequence)
     assert not torch.allclose(start_gate, policy_gate, atol=1e-3)
     seen: list[torch.Tensor] = []
-    original_set = policy.expert_gate.set
+    original_set = routing.expert_gate.set
 
     def spy(weights: torch.Tensor) -> None:
         seen.append(weights.detach().clone())
         original_set(weights)
 
-    policy.expert_gate.set = spy
+    routing.expert_gate.set = spy
     policy.train()
     out, _ = policy.preference.loss(policy, batch, "hybrid")
     assert len(seen) == 2  # one routing per pass
     torch.testing.assert_close(seen[0], start_gate)  # reference pass: the start's gate
     torch.testing.assert_close(seen[1], policy_gate)  # policy pass: the trained gate, still set for backward
-    torch.testing.assert_close(policy.expert_gate.weights.detach(), policy_gate)
+    torch.testing.assert_close(routing.expert_gate.weights.detach(), policy_gate)
     out.loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.gate_network.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in routing.gate_network.parameters())
 
 
 def test_bundle_start_and_stage_recorded(tmp_path):
@@ -308,7 +303,6 @@ def test_bad_starts_name_the_flag(tmp_path):
 def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method, stage):
     import yaml
 
-    from collab_llm.ilora import ILoRACollabLLM
     from collab_llm.llm_cli import build_cli
 
     monkeypatch.chdir(tmp_path)
@@ -316,8 +310,7 @@ def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method,
     fragment = yaml.safe_load((configs / "model" / f"{stage}.yaml").read_text())["model"]["preference"]
     assert (fragment["beta"], fragment["num_negatives"]) == (1.0, 3 if stage == "sdpo" else 1)
     regime = "text" if method == "tallrec" else "joint"
-    start = _supervised(tmp_path, regime, cls=ILoRACollabLLM if method == "ilora" else CollabLLM,
-                        lora_r=8, lora_alpha=32.0)
+    start = _supervised(tmp_path, regime, ilora=method == "ilora", r=8, alpha=32.0)
     _randomise(start, 4)
     args = [
         "fit", "--config", str(configs / "trainer" / "cpu.yaml"), "--config", str(configs / "data" / "ml100k_loo.yaml"),
@@ -331,10 +324,10 @@ def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method,
     if method != "tallrec":
         args += ["--model.cf_model_path", str(make_cf_dirs(tmp_path)["sasrec"])]
     if method == "ilora":
-        args += ["--model.num_experts", "2"]
+        args += ["--model.adapter.num_experts", "2"]
     cli = build_cli(args)
     model = cli.model
-    assert isinstance(model, ILoRACollabLLM) == (method == "ilora")
+    assert isinstance(model.recommender.adapter, ILoRA) == (method == "ilora")
     assert model.preference is not None and model.training_stage()["name"] == stage
     assert model.hparams.learning_rate == 1e-5 and model.regime == regime
     assert cli.trainer.global_step == 1
