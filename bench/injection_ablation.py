@@ -1,6 +1,8 @@
 """Does a trained hybrid model use its soft tokens? An ablation on VALIDATION rows (never test).
 
-Loads a bundle (LLaRA next-item, or CoLLM Yes/No) and scores the same validation rows three ways:
+Loads a bundle (LLaRA next-item, or CoLLM Yes/No) as a :class:`collab_llm.recommender.Recommender`, which
+scores it the way it was trained (a BCE-trained CoLLM by the sigmoid of its Yes logit), and scores the same
+validation rows three ways:
 
 1. ``hybrid``: the prompt with the real soft tokens (what the model was trained and tested on);
 2. ``shuffled``: the same prompt, but every soft token comes from another item (and user): ids are
@@ -46,59 +48,43 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
 
     from collab_llm import scoring
-    from collab_llm.bundle import load_bundle
     from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
     from collab_llm.data import load_split
     from collab_llm.datamodule import sample_rows
-    from collab_llm.injection import SoftTokenInjector
-    from collab_llm.prompts import ITEM_PLACEHOLDERS, USER_PLACEHOLDERS, load_template
+    from collab_llm.recommender import Recommender
 
     t_start = time.perf_counter()
-    b = load_bundle(a.bundle)
-    if b.cf_model is None or "item" not in b.projectors:
+    rec = Recommender.from_pretrained(a.bundle)  # scores the way it was trained (yes_no_loss, scorer, iLoRA gate)
+    if rec.injector.cf_model is None or rec.injector.projector is None:
         raise SystemExit(f"{a.bundle}: a text-only bundle has no soft tokens to ablate")
-    template = load_template(b.config.template)
+    template = rec.template
     split = load_split(a.split)
-    ids = b.placeholder_ids
-    injector = SoftTokenInjector(
-        b.cf_model, b.projectors["item"],
-        [ids[t] for t in ITEM_PLACEHOLDERS if t in ids], [ids[t] for t in USER_PLACEHOLDERS if t in ids],
-    ).eval()
-    collator = PromptCollator(b.tokenizer, template, titles_from_items(split.items, "items"), ids,
+    ids = rec.placeholder_ids
+    collator = PromptCollator(rec.tokenizer, template, titles_from_items(split.items, "items"), ids,
                               ("text", "hybrid"), max_length=2048, max_history=10)
     rows = sample_rows(split.table("valid"), a.rows, a.seed)
     data = TableDataset(rows, template.task, "valid")
     g = torch.Generator().manual_seed(a.seed + 1)
     item_perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(split.n_items, generator=g) + 1])
     user_perm = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(split.n_users, generator=g) + 1])
-    embedding = b.model.get_input_embeddings()
-    if template.task == "yes_no":
-        yes = scoring.resolve_answer_token(b.tokenizer, template.answer_yes, prefix=template.answer_prefix)
-        no = scoring.resolve_answer_token(b.tokenizer, template.answer_no, prefix=template.answer_prefix)
+    embedding = rec.llm.get_input_embeddings()
+    key = "scores" if template.task == "next_item" else "score"
     out: dict[str, list] = {"hybrid": [], "shuffled": [], "text": []}
     targets, labels, users, warm = [], [], [], []
     soft_norms = []
     with torch.no_grad():
         for start in range(0, len(data), a.batch_size):
             batch = collator([data[i] for i in range(start, min(len(data), start + a.batch_size))])
-            hy, tx = batch["hybrid"], batch["text"]
-            views = {
-                "hybrid": injector(embedding, hy["prompt_input_ids"], hy["soft_item_ids"], hy["soft_user_ids"]),
-                "shuffled": injector(embedding, hy["prompt_input_ids"], item_perm[hy["soft_item_ids"]],
-                                     user_perm[hy["soft_user_ids"]]),
-                "text": embedding(tx["prompt_input_ids"]),
-            }
-            masks = {"hybrid": hy["prompt_attention_mask"], "shuffled": hy["prompt_attention_mask"],
-                     "text": tx["prompt_attention_mask"]}
-            mask_items, _ = injector.placeholder_masks(hy["prompt_input_ids"])
-            soft_norms.append(views["hybrid"][mask_items].norm(dim=-1))
-            if b.ilora is not None:  # one gate per row, the same for the three views
-                b.ilora.route(b.cf_model.sequence_representation(batch["history"]))
-            for name, emb in views.items():
-                if template.task == "next_item":
-                    out[name].append(scoring.rank_candidates(b.model, emb, masks[name], batch["candidate_token_ids"]))
-                else:
-                    out[name].append(scoring.yes_no_scores(b.model, emb, masks[name], yes, no))
+            hy = batch["hybrid"]
+            shuffled = {**batch, "hybrid": {**hy, "soft_item_ids": item_perm[hy["soft_item_ids"]],
+                                            "soft_user_ids": user_perm[hy["soft_user_ids"]]}}
+            embeds, _ = rec.embed(hy, prompt_only=True)
+            mask_items, _ = rec.injector.placeholder_masks(hy["prompt_input_ids"])
+            soft_norms.append(embeds[mask_items].norm(dim=-1))
+            # one gate per row (iLoRA: from the history), the same for the three views
+            for name, (b, mode) in {"hybrid": (batch, "hybrid"), "shuffled": (shuffled, "hybrid"),
+                                    "text": (batch, "text")}.items():
+                out[name].append(torch.tensor([r[key] for r in rec.score(b, mode)]))
             if template.task == "next_item":
                 targets.append(batch["target_index"])
             else:
@@ -106,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                 users += batch["users"].tolist()
                 warm += batch["warm"].tolist() if "warm" in batch else [True] * len(batch["users"])
 
-    word_norm = embedding.weight[: len(b.tokenizer) - len(ids)].norm(dim=-1)
+    word_norm = embedding.weight[: len(rec.tokenizer) - len(ids)].norm(dim=-1)
     soft = torch.cat(soft_norms)
     result: dict = {"bundle": str(a.bundle), "rows": len(data), "task": template.task,
                     "soft_token_norm_mean": float(soft.mean()), "word_embedding_norm_mean": float(word_norm.mean())}
