@@ -9,17 +9,10 @@ the backbone and the CF model (``requires_grad=False``, never in the optimizer, 
 checkpoints). Checkpoints hold only the trainable tensors (plus optimizer / scheduler state), so
 a checkpoint of a 135M-parameter backbone weighs a few MB; resuming continues exactly.
 
-Training regimes (``regime``), choosing the prompt view of each batch (:mod:`collab_llm.collate`):
-
-- ``"text"``: text-only prompts, LoRA only, no CF model (TALLRec).
-- ``"joint"``: hybrid prompts, LoRA + projector trained together.
-- ``"curriculum"`` (LLaRA): at global step ``s`` the batch is hybrid with probability
-  ``p = min(1, s / curriculum_steps)``, else text-only. The draw is made here, from a generator
-  seeded by ``(seed, s)``, so it depends on the GLOBAL step (not on a DataLoader worker's counter),
-  is identical on every DDP rank and reproduces after a resume.
-- ``"two_stage"`` (CoLLM): steps ``< stage1_steps`` train LoRA on text prompts (projector frozen);
-  later steps train only the projector on hybrid prompts (LoRA frozen). One run, one checkpoint
-  holding both.
+Training regimes (``regime``: text, joint, curriculum, two_stage; :mod:`collab_llm.regimes`) choose the
+prompt view of each batch (:mod:`collab_llm.collate`) and the groups it moves, as functions of the GLOBAL
+step (not of a DataLoader worker's counter): identical on every DDP rank and after a resume. CoLLM's two
+stages are one run, one checkpoint holding both.
 
 A group that must not move at a step (projector on text-only steps, LoRA in stage 2) has its
 gradients set to ``None`` right before the optimizer step, so AdamW skips it (no momentum, no
@@ -46,31 +39,28 @@ language-modelling loss; the frozen reference is that start, swapped in for a no
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from cf_models.training import warmup_cosine
-from collab_llm import scoring
 from collab_llm.adapters import ILoRA, LoRA
 from collab_llm.backbone import DType
 from collab_llm.errors import UserError
 from collab_llm.heads import ItemScoringHead
 from collab_llm.injection import SoftTokenInjector
-from collab_llm.io import atomic_file
+from collab_llm.evaluation import eval_metrics, gather_rows, write_predictions
+from collab_llm.provenance import MADE_FROM_KEY, check_cf_against_data, check_checkpoint_made_from, run_made_from
 from collab_llm.prompts import Mode, PromptTemplate, Task
 from collab_llm.recommender import HeadLoss, Recommender, Scorer, upgrade_state_keys
+from collab_llm.regimes import Regime, check_regime, eval_mode, groups_moved, hybrid_probability, train_mode
 from collab_llm.sdpo import PreferenceConfig, PreferenceStage
 from projectors.mlp import ProjectorKind
 
-Regime = Literal["text", "joint", "curriculum", "two_stage"]
 EvalPrompt = Literal["auto", "text", "hybrid"]
 _EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap",
                   "predictions_dir")
@@ -200,14 +190,7 @@ class CollabLLM(L.LightningModule):
         self.length_normalize = length_normalize
         self.n_bootstrap = n_bootstrap
         self.predictions_dir = predictions_dir
-        if regime not in ("text", "joint", "curriculum", "two_stage"):
-            raise ValueError(f"regime must be text/joint/curriculum/two_stage, got {regime!r}")
-        if regime != "text" and cf_model_path is None:
-            raise ValueError(f"regime {regime!r} injects soft tokens and needs cf_model_path")
-        if regime == "curriculum" and curriculum_steps is not None and curriculum_steps <= 0:
-            raise ValueError(f"curriculum_steps must be > 0, got {curriculum_steps}")
-        if regime == "two_stage" and stage1_steps <= 0:
-            raise ValueError(f"two_stage needs stage1_steps > 0, got {stage1_steps}")
+        check_regime(regime, cf_model_path is not None, curriculum_steps, stage1_steps)
         self.regime = regime
         if scorer == "head":
             if regime == "text" or cf_model_path is None:
@@ -300,14 +283,9 @@ class CollabLLM(L.LightningModule):
 
     # ------------------------------------------------------------------ regimes
     def hybrid_probability(self, step: int) -> float:
-        """P(hybrid prompt) at global step ``step`` for the current regime."""
-        if self.regime == "text":
-            return 0.0
-        if self.regime == "joint":
-            return 1.0
-        if self.regime == "curriculum":
-            return min(1.0, step / self.curriculum_length())
-        return 0.0 if step < self.hparams.stage1_steps else 1.0
+        """P(hybrid prompt) at global step ``step`` for the current regime (:func:`collab_llm.regimes.hybrid_probability`)."""
+        length = self.curriculum_length() if self.regime == "curriculum" else 1
+        return hybrid_probability(self.regime, step, length, int(self.hparams.stage1_steps))
 
     def curriculum_length(self) -> int:
         """Steps over which P(hybrid) rises from 0 to 1."""
@@ -338,66 +316,27 @@ class CollabLLM(L.LightningModule):
             raise RuntimeError("head_init needs a RecDataModule (its training rows and collator); use head_init: none")
         self.initialize_head(datamodule.datasets["train"], datamodule.collator)
 
-    @torch.no_grad()
     def initialize_head(self, dataset: Any, collator: Any, batch_size: int = 8) -> dict[str, float]:
         """The alignment pass of ``head_init`` (see the class docstring) on ``head_init_rows`` rows of
-        ``dataset`` (the first rows of a permutation seeded by ``seed``), collated by ``collator``."""
-        t0 = time.perf_counter()
-        tokens = 0
-        n = min(int(self.hparams.head_init_rows), len(dataset))
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(self.hparams.seed) + 5))[:n]
-        was_training = self.llm.training
-        self.llm.eval()  # no LoRA dropout in the alignment pass
-        hidden, targets, items, labels = [], [], [], []
-        try:
-            for start in range(0, n, batch_size):
-                batch = collator([dataset[int(i)] for i in order[start:start + batch_size]])
-                batch = self.transfer_batch_to_device(batch, self.device, 0) if self._trainer is not None else batch
-                embeds, mask = self.embed(self._view(batch, "hybrid"), prompt_only=True)
-                tokens += int(mask.sum())
-                hidden.append(self.recommender.prompt_hidden(batch, embeds, mask).float().cpu())
-                if self.task == "next_item":  # regression target: the true next item's CF embedding
-                    targets.append(self.recommender.head_items(batch, "next").float().cpu())
-                else:
-                    items.append(self.recommender.head_items(batch, "target")[:, 0].float().cpu())
-                    labels.append(batch["label"].cpu())
-                    if self.hparams.head_target == "user":
-                        targets.append(self.injector.cf_model.user_embeddings(batch["users"].to(self.device)).float().cpu())
-        finally:
-            self.llm.train(was_training)
-        where = self.head.mean.device
-        h = torch.cat(hidden).to(where)
-        if self.hparams.head_init == "standardize":
-            self.head.fit_standardization(h)
-        elif self.task == "next_item" or self.hparams.head_target == "user":
-            self.head.fit_least_squares(h, torch.cat(targets).to(where), float(self.hparams.head_ridge))
-        elif self.hparams.head_target == "signed_item":
-            signs = 2.0 * torch.cat(labels).to(where).float() - 1.0
-            self.head.fit_least_squares(h, signs[:, None] * torch.cat(items).to(where), float(self.hparams.head_ridge))
-        else:
-            self.head.fit_bilinear(h, torch.cat(items).to(where), torch.cat(labels).to(where), float(self.hparams.head_ridge))
-        self.head_init_stats = {"rows": float(n), "tokens": float(tokens), "seconds": time.perf_counter() - t0}
+        ``dataset`` (the first rows of a permutation seeded by ``seed``), collated by ``collator``
+        (:meth:`collab_llm.recommender.Recommender.align_head`)."""
+        hp = self.hparams
+        transfer = (lambda b: self.transfer_batch_to_device(b, self.device, 0)) if self._trainer is not None else None
+        self.head_init_stats = self.recommender.align_head(
+            dataset, collator, int(hp.head_init_rows), int(hp.seed), hp.head_init, float(hp.head_ridge), batch_size,
+            transfer)
         return self.head_init_stats
 
     def train_mode_at(self, step: int) -> Mode:
         """The prompt view used at global step ``step`` (deterministic in ``(seed, step)``)."""
-        p = self.hybrid_probability(step)
-        if p <= 0.0:
-            return "text"
-        if p >= 1.0:
-            return "hybrid"
-        g = torch.Generator().manual_seed(int(self.hparams.seed) * 1_000_003 + int(step))
-        return "hybrid" if float(torch.rand((), generator=g)) < p else "text"
+        return train_mode(self.hybrid_probability(step), step, int(self.hparams.seed))
 
     def eval_mode(self) -> Mode:
+        """The evaluation prompt view: ``eval_prompt``, or for ``"auto"`` :func:`collab_llm.regimes.eval_mode`."""
         if self.eval_prompt != "auto":
             return self.eval_prompt
-        if self.regime == "text":
-            return "text"
         step = max(int(self.global_step), self._checkpoint_step)  # test(ckpt_path=...) restores no loop state
-        if self.regime == "two_stage" and step < self.hparams.stage1_steps:
-            return "text"
-        return "hybrid"
+        return eval_mode(self.regime, step, int(self.hparams.stage1_steps))
 
     # ------------------------------------------------------------------ the recommender's parts
     @property
@@ -488,11 +427,9 @@ class CollabLLM(L.LightningModule):
                 loss = self.preference_loss(batch, mode)
             else:
                 loss = self.recommender.loss(batch, mode)
-        stage2 = self.regime == "two_stage" and step >= self.hparams.stage1_steps
-        if not stage2 and self.lora_names:
-            self._used_groups.add("lora")
-        if mode == "hybrid" and self.projector_names:
-            self._used_groups.add("projector")
+        moved = groups_moved(self.regime, step, int(self.hparams.stage1_steps), mode)
+        self._used_groups |= {g for g, names in (("lora", self.lora_names), ("projector", self.projector_names))
+                              if g in moved and names}
         if mode == "text" and self.projector_names:
             loss = loss + 0.0 * sum(p.sum() for p in self.injector.projector.parameters())
         self.log("train/loss", loss, prog_bar=True, batch_size=int(batch["users"].shape[0]))
@@ -548,49 +485,12 @@ class CollabLLM(L.LightningModule):
         self._eval_rows = []
 
     def _gathered_rows(self) -> pd.DataFrame:
-        rows = self._eval_rows
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, rows)
-            rows = [r for part in parts for r in part]
-        frame = pd.DataFrame(rows)
-        if frame.empty:
-            return frame
-        # distributed samplers pad with repeated rows: keep each table row once
-        return frame.drop_duplicates("row_index").sort_values("row_index").reset_index(drop=True)
+        return gather_rows(self._eval_rows, self.trainer.world_size)
 
     def compute_metrics(self, frame: pd.DataFrame, n_resamples: int) -> dict[str, float]:
-        """Metric name -> value (plus ``<name>_ci_low`` / ``_ci_high`` when ``n_resamples > 0``)."""
-        out: dict[str, float] = {}
-
-        def put(name: str, est: Any) -> None:
-            if isinstance(est, (int, np.integer)):
-                out[name] = float(est)
-                return
-            out[name] = float(est.value)
-            if n_resamples > 0:
-                out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(est.ci_low), float(est.ci_high)
-
-        n = max(n_resamples, 1)
-        if self.task == "next_item":
-            scores = torch.tensor(np.stack(frame["scores"].to_numpy()), dtype=torch.float32)
-            target = torch.tensor(frame["target_index"].to_numpy(), dtype=torch.long)
-            for name, est in scoring.ranking_metrics(scores, target, n_resamples=n).items():
-                put(name, est)
-            if self.eval_generation:
-                choices = [None if (c is None or (isinstance(c, float) and math.isnan(c))) else int(c) for c in frame["choice"]]
-                for name, est in scoring.generation_metrics(choices, target, n_resamples=n).items():
-                    put(f"gen_{name}", est)
-        else:
-            labels = frame["label"].to_numpy()
-            if labels.min() == labels.max():
-                return {"n_rows": float(len(frame))}  # AUC undefined on one class (tiny sanity runs)
-            for name, est in scoring.yes_no_metrics(
-                frame["user"].to_numpy(), labels, frame["score"].to_numpy(), frame["warm"].to_numpy(), n_resamples=n
-            ).items():
-                put(name, est)
-        out["n_rows"] = float(len(frame))
-        return out
+        """Metric name -> value (plus ``<name>_ci_low`` / ``_ci_high`` when ``n_resamples > 0``):
+        :func:`collab_llm.evaluation.eval_metrics`."""
+        return eval_metrics(self.task, frame, n_resamples, self.eval_generation)
 
     def _finish_eval(self, stage: str, n_resamples: int) -> None:
         frame = self._gathered_rows()
@@ -646,62 +546,3 @@ class CollabLLM(L.LightningModule):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Copies of the trainable tensors (what a checkpoint holds)."""
         return {k: v.detach().clone() for k, v in self.state_dict().items() if k in self.trainable_keys}
-
-
-MADE_FROM_KEY = "collab_llm_made_from"
-
-
-def run_made_from(module: CollabLLM) -> dict[str, Any]:
-    """``cf_model_sha256`` (the CF folder's fingerprint), ``backbone`` (path + config hash), ``template``,
-    ``seed``, and with a trainer: ``split_sha256`` of the data folder and the step ``budget``."""
-    from collab_llm.fingerprint import backbone_fingerprint, split_sha256
-
-    hp = module.hparams
-    cf = module.injector.cf_model
-    out: dict[str, Any] = {
-        "cf_model_sha256": getattr(cf, "source_sha256", None), "cf_model_path": hp.get("cf_model_path"),
-        "backbone": backbone_fingerprint(hp.backbone_path), "template": hp.template, "seed": int(hp.seed),
-    }
-    trainer = module._trainer
-    data_dir = getattr(getattr(trainer, "datamodule", None), "data_dir", None) if trainer is not None else None
-    if data_dir is not None and (Path(data_dir) / "manifest.json").is_file():
-        out["split"], out["split_sha256"] = str(data_dir), split_sha256(data_dir)
-    if trainer is not None:
-        out["budget"] = {"max_steps": int(trainer.max_steps), "max_epochs": trainer.max_epochs}
-    return out
-
-
-def check_cf_against_data(module: CollabLLM, data_dir: str | Path | None = None) -> None:
-    """Refuse (one line naming both folders) a CF model whose catalogue is not the data module's split
-    (``data_dir``; default: the trainer's data module's)."""
-    from collab_llm.fingerprint import check_cf_matches_split
-
-    cf = module.injector.cf_model
-    trainer = module._trainer
-    if data_dir is None and trainer is not None:
-        data_dir = getattr(getattr(trainer, "datamodule", None), "data_dir", None)
-    if cf is None or data_dir is None or not (Path(data_dir) / "manifest.json").is_file():
-        return
-    check_cf_matches_split(module.hparams.cf_model_path, int(cf.n_items), getattr(cf, "made_from", None), data_dir)
-
-
-def check_checkpoint_made_from(module: CollabLLM, recorded: dict[str, Any] | None) -> None:
-    """Refuse a checkpoint trained with another CF model, backbone (config) or template: one line naming
-    both sides (``COLLAB_LLM_ALLOW_MISMATCH=1`` proceeds). Checkpoints without a record pass."""
-    from collab_llm.fingerprint import compare_made_from
-
-    if not recorded:
-        return
-    trainer = module._trainer
-    where = getattr(trainer, "ckpt_path", None) if trainer is not None else None
-    current = run_made_from(module)
-    compare_made_from(recorded, current, f"the checkpoint {where or ''}".strip(), "this run's "
-                      f"model (CF model {current.get('cf_model_path')}, backbone {module.hparams.backbone_path})",
-                      keys=("cf_model_sha256", "backbone", "template"),
-                      hint="resume or test a checkpoint with the CF model, backbone and template it was trained with")
-
-
-def write_predictions(frame: pd.DataFrame, path: Path) -> None:
-    """Write per-row predictions as parquet, atomically."""
-    with atomic_file(path, "wb") as handle:
-        frame.to_parquet(handle, index=False)

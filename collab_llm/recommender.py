@@ -24,6 +24,7 @@ Training regimes, optimisers, logging and evaluation aggregation live in the Lig
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -295,6 +296,51 @@ class Recommender(nn.Module):
             raise RuntimeError("head_scores needs scorer='head'")
         embeds, mask = embedded if embedded is not None else self.embed(self.view(batch, mode), prompt_only=True)
         return self.head(self.prompt_hidden(batch, embeds, mask), self.head_items(batch, items))
+
+    @torch.no_grad()
+    def align_head(self, dataset: Any, collator: Any, rows: int, seed: int, init: str, ridge: float,
+                   batch_size: int = 8, transfer: Any = None) -> dict[str, float]:
+        """Fit the head in closed form (``init``: ``"least_squares"`` or ``"standardize"``) on the hybrid
+        prompts of ``rows`` rows of ``dataset`` (the first rows of a permutation seeded by ``seed + 5``),
+        collated by ``collator`` (``transfer``: moves a batch to the device), run through the LLM in eval mode
+        (no dropout). Targets: next-item, the true next item's CF embedding; Yes/No by ``head_target``
+        (``"default"``: the labels through the bilinear form; ``"signed_item"``: ``+-e_item``; ``"user"``:
+        the user's CF embedding). Returns ``rows``, ``tokens``, ``seconds``."""
+        t0 = time.perf_counter()
+        tokens = 0
+        n = min(rows, len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 5))[:n]
+        was_training = self.llm.training
+        self.llm.eval()  # no LoRA dropout in the alignment pass
+        hidden, targets, items, labels = [], [], [], []
+        try:
+            for start in range(0, n, batch_size):
+                batch = collator([dataset[int(i)] for i in order[start:start + batch_size]])
+                batch = transfer(batch) if transfer is not None else batch
+                embeds, mask = self.embed(self.view(batch, "hybrid"), prompt_only=True)
+                tokens += int(mask.sum())
+                hidden.append(self.prompt_hidden(batch, embeds, mask).float().cpu())
+                if self.task == "next_item":  # regression target: the true next item's CF embedding
+                    targets.append(self.head_items(batch, "next").float().cpu())
+                else:
+                    items.append(self.head_items(batch, "target")[:, 0].float().cpu())
+                    labels.append(batch["label"].cpu())
+                    if self.head_target == "user":
+                        targets.append(self.injector.cf_model.user_embeddings(batch["users"].to(self.device)).float().cpu())
+        finally:
+            self.llm.train(was_training)
+        where = self.head.mean.device
+        h = torch.cat(hidden).to(where)
+        if init == "standardize":
+            self.head.fit_standardization(h)
+        elif self.task == "next_item" or self.head_target == "user":
+            self.head.fit_least_squares(h, torch.cat(targets).to(where), ridge)
+        elif self.head_target == "signed_item":
+            signs = 2.0 * torch.cat(labels).to(where).float() - 1.0
+            self.head.fit_least_squares(h, signs[:, None] * torch.cat(items).to(where), ridge)
+        else:
+            self.head.fit_bilinear(h, torch.cat(items).to(where), torch.cat(labels).to(where), ridge)
+        return {"rows": float(n), "tokens": float(tokens), "seconds": time.perf_counter() - t0}
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
