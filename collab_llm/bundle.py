@@ -281,6 +281,9 @@ def _model_card(config: BundleConfig, folder_name: str) -> str:
     if config.task:
         lines.append(f"- task: {config.task}")
     lines.append(f"- training stage: {_stage_text(config.stage)}")
+    if config.scoring is not None:
+        lines.append(f"- scoring: {config.scoring.get('scorer')} (Yes/No loss `{config.scoring.get('yes_no_loss')}`"
+                     f"{', head layer ' + str(config.scoring['head_layer']) if config.scoring.get('head_layer') else ''})")
     lines += ["", "## Metrics", ""]
     if config.metrics:
         lines += ["| metric | value | 95% CI | n |", "|---|---|---|---|"]
@@ -298,8 +301,9 @@ def _model_card(config: BundleConfig, folder_name: str) -> str:
         "## Load",
         "",
         "```python",
-        "from collab_llm.bundle import load_bundle",
-        f'bundle = load_bundle("{folder_name}")  # loads the base model named in bundle.json',
+        "from collab_llm.recommender import Recommender",
+        f'rec = Recommender.from_pretrained("{folder_name}")  # loads the base model named in bundle.json',
+        "rows = rec.score(batch, \"hybrid\")  # scored the way it was trained",
         "```",
         "",
     ]

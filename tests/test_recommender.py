@@ -125,3 +125,31 @@ def test_old_checkpoint_keys_are_renamed():
         "recommender.llm.base_model.x.lora_A.default.weight": 1, "recommender.injector.projector.net.0.weight": 2,
         "recommender.head.mean": 3, "recommender.routing.gate_network.net.bias": 4, "recommender.llm.y": 5,
     }
+
+
+def test_collab_llm_fit_writes_the_bundle_through_the_cli(tmp_path, monkeypatch):
+    """`collab-llm fit ... --trainer.callbacks+=collab_llm.callbacks.WriteBundle`: the run ends with a verified
+    bundle recording CoLLM's BCE loss and the config's LoRA spec, its card naming the scoring."""
+    from collab_llm.bundle import verify_bundle
+    from collab_llm.llm_cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).resolve().parents[1] / "configs" / "llm"
+    bundle = tmp_path / "out" / "bundle"
+    args = [
+        "fit", "--config", str(configs / "trainer" / "cpu.yaml"), "--config", str(configs / "data" / "ml1m_collm.yaml"),
+        "--config", str(configs / "model" / "collm_yes_no.yaml"), "--model.yes_no_loss", "bce",
+        "--model.backbone_path", str(make_backbone_dir(tmp_path, "llama")),
+        "--model.cf_model_path", str(make_cf_dirs(tmp_path)["mf"]), "--model.stage1_steps", "1",
+        "--data.data_dir", str(make_split(tmp_path, "yes_no")), "--trainer.fast_dev_run", "1",
+        "--trainer.enable_progress_bar", "false", "--data.batch_size", "2", "--data.eval_batch_size", "6",
+        "--model.n_bootstrap", "10",
+        "--trainer.callbacks+=collab_llm.callbacks.WriteBundle", "--trainer.callbacks.dirpath", str(bundle),
+    ]
+    cli = build_cli(args)
+    assert cli.trainer.global_step == 1
+    config = verify_bundle(bundle)
+    assert config.scoring["yes_no_loss"] == "bce" and config.adapter_spec["class_path"] == "collab_llm.adapters.LoRA"
+    assert config.adapter_spec["init_args"]["target_modules"] == ["q_proj", "v_proj"]
+    assert config.made_from["template"] == "collm_movielens" and config.made_from["cf_model_sha256"]
+    assert "Yes/No loss `bce`" in (bundle / "README.md").read_text()
