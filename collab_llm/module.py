@@ -4,8 +4,8 @@ LoRA or iLoRA adapter, fed prompts whose placeholders hold CF soft tokens).
 The Recommender (``self.recommender``) embeds, routes, computes the losses and scores; this module adds
 the training regimes, optimiser groups, logging, evaluation aggregation and checkpoint hooks.
 
-Trainable: the adapter (LoRA; iLoRA: + its gate network) and the projector (fp32, also when the backbone runs bf16). Frozen:
-the backbone and the CF model (``requires_grad=False``, never in the optimizer, never in
+Trainable: the adapter (LoRA; iLoRA: + its gate network) and the projector (fp32, also when the backbone
+runs bf16). Frozen: the backbone and the CF model (``requires_grad=False``, never in the optimizer, never in
 checkpoints). Checkpoints hold only the trainable tensors (plus optimizer / scheduler state), so
 a checkpoint of a 135M-parameter backbone weighs a few MB; resuming continues exactly.
 
@@ -51,11 +51,11 @@ from cf_models.training import warmup_cosine
 from collab_llm.adapters import ILoRA, LoRA
 from collab_llm.backbone import DType
 from collab_llm.errors import UserError
+from collab_llm.evaluation import eval_metrics, gather_rows, write_predictions
 from collab_llm.heads import ItemScoringHead
 from collab_llm.injection import SoftTokenInjector
-from collab_llm.evaluation import eval_metrics, gather_rows, write_predictions
-from collab_llm.provenance import MADE_FROM_KEY, check_cf_against_data, check_checkpoint_made_from, run_made_from
 from collab_llm.prompts import Mode, PromptTemplate, Task
+from collab_llm.provenance import MADE_FROM_KEY, check_cf_against_data, check_checkpoint_made_from, run_made_from
 from collab_llm.recommender import HeadLoss, Recommender, Scorer, upgrade_state_keys
 from collab_llm.regimes import Regime, check_regime, eval_mode, groups_moved, hybrid_probability, train_mode
 from collab_llm.sdpo import PreferenceConfig, PreferenceStage

@@ -452,7 +452,7 @@ class Recommender(nn.Module):
         rec = cls(loaded.model, loaded.tokenizer, ids, config.template, injector, adapter, routing, head,
                   scorer=settings["scorer"], yes_no_loss=settings["yes_no_loss"], head_loss=settings["head_loss"],
                   head_layer=settings["head_layer"], head_target=settings["head_target"],
-                  base_model=base_model or config.base_model, dtype=config.dtype if config.dtype != "auto" else "float32")
+                  base_model=base_model or config.base_model, dtype=config.dtype)
         recorded = settings.get("answer_ids") or {}
         if recorded and recorded != {"yes": rec.yes_id, "no": rec.no_id}:
             raise UserError(f"{where}: answer token ids {recorded} were recorded, the tokenizer now gives "
