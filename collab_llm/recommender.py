@@ -132,6 +132,7 @@ class Recommender(nn.Module):
         self.base_model = str(base_model)
         self.dtype_name = dtype
         self.stage: dict[str, Any] = {"name": "supervised"}
+        self.bundle: Any = None  # the LoadedBundle of from_pretrained
         if self.task == "yes_no":
             prefix = self.template.answer_prefix
             self.yes_id = scoring.resolve_answer_token(tokenizer, self.template.answer_yes, prefix=prefix)
@@ -422,9 +423,15 @@ class Recommender(nn.Module):
         ``verify=False``) as a Recommender in eval mode that scores the way it was trained. Bundles written
         before ``bundle.json`` had ``scoring`` read as :data:`LEGACY_SCORING` (likelihood, Yes/No softmax);
         their head (``head_query`` / ``head_key`` projectors) cannot be scored and is refused.
-        ``.bundle`` is the :class:`collab_llm.bundle.LoadedBundle` (folder, config, adapter swapping)."""
+        ``.bundle`` is the :class:`collab_llm.bundle.LoadedBundle` (folder, config, adapter swapping). ``base``:
+        as :func:`collab_llm.bundle.load_bundle`'s, or another loaded Recommender (plain LoRA) whose LLM then
+        holds both adapters; call ``rec.bundle.activate()`` before scoring with one of them."""
         from collab_llm.bundle import load_bundle, load_head
 
+        if isinstance(base, Recommender):
+            if base.bundle is None:
+                raise ValueError("base: a Recommender loaded with from_pretrained (its bundle's LLM takes the adapter)")
+            base = base.bundle
         loaded = load_bundle(folder, base=base, base_model=base_model, verify=verify)
         config = loaded.config
         where = Path(folder) / "bundle.json"

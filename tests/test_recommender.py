@@ -153,3 +153,25 @@ def test_collab_llm_fit_writes_the_bundle_through_the_cli(tmp_path, monkeypatch)
     assert config.adapter_spec["init_args"]["target_modules"] == ["q_proj", "v_proj"]
     assert config.made_from["template"] == "collm_movielens" and config.made_from["cf_model_sha256"]
     assert "Yes/No loss `bce`" in (bundle / "README.md").read_text()
+
+
+def test_two_bundles_share_one_backbone(tmp_path):
+    """Adapter swapping through the Recommender: the second bundle goes onto the first one's LLM as a second
+    named adapter; each scores as its own module once activated."""
+    modules, folders, expected = [], [], []
+    for seed in (1, 2):
+        module, data = _module(tmp_path, "next_item", seed=seed)
+        _randomise(module, seed)
+        module.eval()
+        data.setup("test")
+        batch = next(iter(data.test_dataloader()))
+        expected.append(_scores(module.score_batch(batch)))
+        folders.append(module.recommender.save_pretrained(tmp_path / f"bundle{seed}"))
+        modules.append(module)
+    first = Recommender.from_pretrained(folders[0])
+    second = Recommender.from_pretrained(folders[1], base=first)
+    assert second.llm is first.llm and sorted(first.llm.peft_config) == ["bundle2", "default"]
+    second.bundle.activate()
+    assert _scores(second.score(batch, "hybrid")) == expected[1]
+    first.bundle.activate()
+    assert _scores(first.score(batch, "hybrid")) == expected[0]
