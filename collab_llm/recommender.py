@@ -441,6 +441,9 @@ class Recommender(nn.Module):
         settings = {**LEGACY_SCORING, **(config.scoring or {})}
         if config.adapter_spec is not None:
             adapter = adapter_from_dict(config.adapter_spec, str(where))
+            if adapter.kind != config.adapter_kind:
+                raise UserError(f"{where}: adapter.spec is {type(adapter).__name__} but adapter.kind is "
+                                f"{config.adapter_kind!r}; the bundle is inconsistent (export it again)")
         elif loaded.ilora is not None:
             c = loaded.ilora.config
             adapter = ILoRA(r=c.lora_rank, alpha=c.lora_alpha, num_experts=c.num_experts, gate_hidden_dim=c.gate_hidden_dim)
