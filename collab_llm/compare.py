@@ -132,6 +132,7 @@ class ProtocolSpec:
     default_methods: tuple[str, ...]
     llm_methods: dict[str, Path]  # method -> model config fragment
     train_table: str | None = None  # the LLMs' training table (None: the data config's)
+    own_cf_config: Path | None = None  # the CF config trained on a user's split (``--data`` without ``--cf-model``)
 
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
@@ -140,6 +141,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         cf_config=CONFIGS / "cf" / "sasrec_ml100k_loo.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml100k_loo.yaml",
         default_methods=("sasrec", "tallrec", "llara", "ilora", "head", "head_l4"),
+        own_cf_config=CONFIGS / "cf" / "sasrec_loo.yaml",  # early-stops on validation, no epoch count tuned on ML-100K
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec.yaml",
             "llara": CONFIGS / "llm" / "model" / "llara.yaml",
@@ -162,8 +164,29 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         },
         # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
         train_table="train_256",
+        own_cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",  # early-stops on validation AUC
     ),
 }
+
+
+def split_task(split_dir: Path) -> str:
+    """The comparison protocol (``nextitem`` / ``yesno``) of a prepared split folder, from its manifest's
+    ``protocol`` (``nextitem/loo``, ``yesno/collm``, ...); a folder that is not such a split is a
+    one-line :class:`~collab_llm.errors.UserError` naming ``--data``."""
+    from collab_llm.errors import UserError
+    from collab_llm.fingerprint import split_manifest, verify_split
+
+    if not (Path(split_dir) / "manifest.json").is_file():
+        raise UserError(f"--data {split_dir}: not a prepared split (no manifest.json); write one with "
+                        "collab-llm prepare --interactions FILE --items FILE --protocol loo --out DIR")
+    verify_split(split_dir)
+    protocol = str(split_manifest(split_dir).get("protocol", ""))
+    task = protocol.split("/", 1)[0]
+    if task not in PROTOCOLS:
+        raise UserError(f"--data {split_dir}: a {protocol!r} split; compare needs a next-item split (prepare "
+                        "--protocol loo or llara) or a Yes/No one (--protocol collm or tallrec)")
+    return task
+
 
 
 #: preference stage -> its model fragment, composed after the start method's (``<method>+<stage>``)
@@ -271,11 +294,17 @@ class Comparison:
     backbone: str | None = None
     seed: int = 0
     log: Callable[[str], None] = print
+    data: Path | None = None  # a prepared split (any dataset) instead of the protocol's MovieLens preset
+    cf_model: Path | None = None  # a CF export made from that split (default: trained into the work folder)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
         spec = PROTOCOLS[self.protocol]
+        if self.data is not None:
+            spec = self._own_data_spec(spec)
+        if self.cf_model is not None:
+            spec = self._own_cf_spec(spec)
         known = {spec.cf_method, *spec.llm_methods}
         unknown = [m for m in self.methods if split_method(m)[0] not in known]
         if unknown:
@@ -300,13 +329,56 @@ class Comparison:
         self.report_dir = Path(self.report_dir)
         self.skipped: list[str] = []  # methods found finished by run() (resumed, not rerun)
 
+    def _own_data_spec(self, spec: ProtocolSpec) -> ProtocolSpec:
+        """The protocol's methods and configs on the prepared split ``data``: its folder name names it in the
+        report, its manifest says what it was made from, and a CF model trained here uses ``own_cf_config``."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import split_manifest
+
+        self.data = Path(self.data)
+        task = split_task(self.data)
+        if task != self.protocol:
+            raise UserError(f"--data {self.data}: a {task} split, not a {self.protocol} one (leave --protocol out, "
+                            "compare reads it from the split)")
+        manifest = split_manifest(self.data)
+        return replace(spec, dataset=str(manifest.get("source")), prepare_protocol=str(manifest.get("protocol")),
+                       split_name=self.data.name, cf_config=spec.own_cf_config or spec.cf_config)
+
+    def _own_cf_spec(self, spec: ProtocolSpec) -> ProtocolSpec:
+        """The given CF export must be the protocol's kind of model (``sasrec`` next-item, ``mf`` Yes/No)."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import read_json
+
+        self.cf_model = Path(self.cf_model)
+        raw = read_json(self.cf_model / "config.json", "CF model config (--cf-model)")
+        kind = raw.get("model_type") if isinstance(raw, dict) else None
+        if kind != spec.cf_method:
+            raise UserError(f"--cf-model {self.cf_model}: a {kind!r} model; the {self.protocol} methods need a "
+                            f"{spec.cf_method!r} model (collab-llm cf fit --config {spec.own_cf_config or spec.cf_config})")
+        return spec
+
     @property
     def split_dir(self) -> Path:
+        if self.data is not None:
+            return self.data
         return self.work_dir / (self.spec.split_name + self._seed_suffix)
 
     @property
     def cf_dir(self) -> Path:
-        return self.work_dir / "cf" / f"{self.spec.cf_method}_{self.spec.split_name}{self._seed_suffix}"
+        if self.cf_model is not None:
+            return self.cf_model
+        name = self.spec.split_name
+        if self.data is not None:  # a user's split: its name alone may be reused by another split
+            from collab_llm.fingerprint import short
+
+            name = f"{name}-{short(self.split_sha256())[:8]}"
+        return self.work_dir / "cf" / f"{self.spec.cf_method}_{name}{self._seed_suffix}"
+
+    def split_sha256(self) -> str:
+        """The split's fingerprint (the hash of its manifest, which lists every table's sha256)."""
+        from collab_llm.fingerprint import split_sha256
+
+        return split_sha256(self.split_dir)
 
     @property
     def _seed_suffix(self) -> str:
@@ -447,9 +519,12 @@ class Comparison:
         start = time.perf_counter()
         est = cf_alone_estimates(self.protocol, self.cf_dir, self.test_rows(), self.profile.n_bootstrap)
         eval_s = time.perf_counter() - start
+        if self.cf_model is not None:  # given, not trained here
+            command, config = f"given: --cf-model {self.cf_dir}", str(self.cf_dir / "config.json")
+        else:
+            command, config = "collab-llm cf fit " + shlex.join(self.cf_args()), str(self.spec.cf_config.relative_to(REPO))
         base = self.base_record(method) | {
-            "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
-            "command": "collab-llm cf fit " + shlex.join(self.cf_args()), "config": str(self.spec.cf_config.relative_to(REPO)),
+            "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params), "command": command, "config": config,
         }
         return {"records": estimates_to_records(est, base), "loss_curve": []}
 
@@ -528,10 +603,12 @@ class Comparison:
         """What a run is made from: seed, budget (profile), method config (the hash of its config files),
         backbone (path + config hash; LLM methods), and unless ``early``: the split's and the CF model's
         fingerprints. Two runs with the same fingerprint are the same run."""
-        from collab_llm.fingerprint import backbone_fingerprint, canonical_sha256, cf_sha256, split_sha256
+        from collab_llm.fingerprint import backbone_fingerprint, canonical_sha256, cf_sha256
 
         if method == self.spec.cf_method:
-            configs = [self.spec.cf_config]
+            # the MovieLens presets keep their config's hash; on a user's split the CF model's own fingerprint
+            # (cf_model_sha256 below: weights + the config it was trained with) says it all, trained here or given
+            configs = [self.spec.cf_config] if self.data is None and self.cf_model is None else []
         else:
             configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_configs(method)]
         out: dict[str, Any] = {
@@ -540,7 +617,7 @@ class Comparison:
             "backbone": None if method == self.spec.cf_method else backbone_fingerprint(self.backbone_path()),
         }
         if not early:
-            out["split_sha256"] = split_sha256(self.split_dir)
+            out["split_sha256"] = self.split_sha256()
             out["cf_model_sha256"] = cf_sha256(self.cf_dir) if self.uses_cf_model(method) else None
         return out
 
@@ -588,6 +665,9 @@ class Comparison:
         from collab_llm.fingerprint import split_manifest, verify_split
 
         folder = self.split_dir
+        if self.data is not None:  # the user's split: checked (checksums), never prepared or replaced here
+            verify_split(folder)
+            return True
         if _absent(folder):
             return False
         hint = "use another --work-dir, or move the folder away"
@@ -613,6 +693,13 @@ class Comparison:
         from collab_llm.fingerprint import check_cf_matches_split
 
         folder = self.cf_dir
+        if self.cf_model is not None:  # the user's CF model: checked against the split, never trained here
+            problem = is_cf_export(folder) if folder.is_dir() else "is not a folder"
+            if problem is not None:
+                raise UserError(f"--cf-model {folder}: {problem}; pass a folder written by collab-llm cf fit --export_dir")
+            model = CFModel.from_pretrained(folder)  # verifies the checksums
+            check_cf_matches_split(folder, model.n_items, model.made_from, self.split_dir)
+            return True
         if _absent(folder):
             return False
         problem = "is a symbolic link" if folder.is_symlink() else is_cf_export(folder)
@@ -695,9 +782,15 @@ def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", nargs="+", choices=sorted(PROTOCOLS), default=["nextitem"],
+    p.add_argument("--protocol", nargs="+", choices=sorted(PROTOCOLS), default=None,
                    help="one protocol, or several: each runs into <report-dir>/<protocol>/ and a combined "
-                        "report is written in <report-dir>")
+                        "report is written in <report-dir> (default: nextitem; with --data: the split's)")
+    p.add_argument("--data", default=None,
+                   help="a prepared split of any dataset (collab-llm prepare --interactions FILE --items FILE "
+                        "--protocol loo|llara|collm|tallrec --out DIR) instead of the protocol's MovieLens preset")
+    p.add_argument("--cf-model", default=None,
+                   help="a CF model trained on that split (collab-llm cf fit --export_dir DIR; next-item: sasrec, "
+                        "Yes/No: mf); default: compare trains the protocol's CF config into <work-dir>/cf")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head head_l4; "
                         "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
@@ -706,7 +799,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
     p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")
     p.add_argument("--work-dir", default="work", help="prepared splits and CF models (shared by comparisons)")
-    p.add_argument("--report-dir", default=None, help="default: reports/<protocol>-<profile>")
+    p.add_argument("--report-dir", default=None, help="default: reports/<protocol or --data folder name>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", default=None,
@@ -714,16 +807,31 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _protocols(ns: argparse.Namespace) -> list[str]:
+    """``--protocol`` as given, else the ``--data`` split's, else ``nextitem``."""
+    from collab_llm.errors import UserError
+
+    if ns.data is None:
+        return ns.protocol or ["nextitem"]
+    task = split_task(Path(ns.data))
+    if ns.protocol not in (None, [task]):
+        raise UserError(f"--protocol {' '.join(ns.protocol)}: --data {ns.data} is one {task} split (leave --protocol out)")
+    return [task]
+
+
 def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir: Path | None = None) -> Comparison:
-    protocol = protocol or ns.protocol[0]
+    protocol = protocol or _protocols(ns)[0]
     profile = PROFILES[ns.profile].for_protocol(protocol)
     if ns.llm_steps is not None:
         profile = replace(profile, llm_steps=ns.llm_steps)
     if ns.test_rows is not None:
         profile = replace(profile, test_rows=ns.test_rows)
     methods = ns.methods or list(PROTOCOLS[protocol].default_methods)
-    report = report_dir or Path(ns.report_dir or f"reports/{protocol}-{profile.name}")
-    return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed)
+    name = Path(ns.data).name if ns.data is not None else protocol
+    report = report_dir or Path(ns.report_dir or f"reports/{name}-{profile.name}")
+    return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
+                      data=None if ns.data is None else Path(ns.data),
+                      cf_model=None if ns.cf_model is None else Path(ns.cf_model))
 
 
 def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str) -> Path:
@@ -796,6 +904,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser("collab-llm compare")
     ns = parser.parse_args(argv)
     start = time.perf_counter()
+    ns.protocol = _protocols(ns)
+    if ns.cf_model is not None and len(ns.protocol) > 1:
+        parser.error("--cf-model applies to one protocol")
     if len(ns.protocol) == 1:
         comps = [_comparison(ns)]
         comps[0].run()
