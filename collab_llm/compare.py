@@ -54,8 +54,10 @@ from collab_llm.report import (
 )
 
 Protocol = Literal["nextitem", "yesno"]
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+#: the shipped configs: package data (``collab_llm/configs``, a link to the repository's ``configs/`` in a
+#: checkout), so compare finds them from an installed wheel; fingerprints name them relative to the package
+PACKAGE = Path(__file__).resolve().parent
+CONFIGS = PACKAGE / "configs"
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,11 @@ PREFERENCE_STAGES: dict[str, Path] = {
     "sdpo": CONFIGS / "llm" / "model" / "sdpo.yaml",
     "dpo": CONFIGS / "llm" / "model" / "dpo.yaml",
 }
+
+
+def config_name(path: Path) -> str:
+    """A shipped config's name in reports and fingerprints: ``configs/llm/model/llara.yaml``, wherever installed."""
+    return str(path.relative_to(PACKAGE))
 
 
 def split_method(method: str) -> tuple[str, str | None]:
@@ -389,11 +396,13 @@ class Comparison:
         return self.report_dir / "runs" / method
 
     def backbone_path(self) -> str:
-        if self.backbone is not None:
-            return self.backbone
-        from collab_llm.assets import ensure_assets
+        """``--backbone``, else the default backbone in the cache (:func:`collab_llm.assets.resolve_backbone`); the
+        MovieLens presets fetch the assets first (a first run downloads them), a user's split does not need them."""
+        from collab_llm.assets import ensure_assets, resolve_backbone
 
-        return str(ensure_assets(log=self.log).smollm2)
+        if self.backbone is None and self.data is None:
+            ensure_assets(log=self.log)
+        return resolve_backbone(self.backbone, flag="--backbone")
 
     # ------------------------------------------------------------------ stages
     def prepare(self) -> None:
@@ -522,7 +531,7 @@ class Comparison:
         if self.cf_model is not None:  # given, not trained here
             command, config = f"given: --cf-model {self.cf_dir}", str(self.cf_dir / "config.json")
         else:
-            command, config = "collab-llm cf fit " + shlex.join(self.cf_args()), str(self.spec.cf_config.relative_to(REPO))
+            command, config = "collab-llm cf fit " + shlex.join(self.cf_args()), config_name(self.spec.cf_config)
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params), "command": command, "config": config,
         }
@@ -554,7 +563,7 @@ class Comparison:
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
             "command": "collab-llm fit " + shlex.join(args),
-            "config": " + ".join(str(p.relative_to(REPO)) for p in self.model_configs(method)),
+            "config": " + ".join(config_name(p) for p in self.model_configs(method)),
         }
         n = self.profile.n_bootstrap
         if self.protocol == "nextitem":
@@ -613,7 +622,7 @@ class Comparison:
             configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_configs(method)]
         out: dict[str, Any] = {
             "seed": self.seed, "profile": json.loads(json.dumps(asdict(self.profile))),
-            "method_config_sha256": canonical_sha256({str(c.relative_to(REPO)): c.read_text() for c in configs}),
+            "method_config_sha256": canonical_sha256({config_name(c): c.read_text() for c in configs}),
             "backbone": None if method == self.spec.cf_method else backbone_fingerprint(self.backbone_path()),
         }
         if not early:
