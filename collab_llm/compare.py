@@ -45,6 +45,7 @@ import torch
 
 from collab_llm.io import write_json
 from collab_llm.metrics import Estimate
+from collab_llm.prompts import WORDINGS, with_wording
 from collab_llm.report import (
     differences_table,
     load_records,
@@ -303,6 +304,7 @@ class Comparison:
     log: Callable[[str], None] = print
     data: Path | None = None  # a prepared split (any dataset) instead of the protocol's MovieLens preset
     cf_model: Path | None = None  # a CF export made from that split (default: trained into the work folder)
+    item_word: str | None = None  # the prompts' item wording (collab_llm.prompts.WORDINGS; None: the templates')
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -330,6 +332,8 @@ class Comparison:
             if start not in self.methods[:i]:
                 raise ValueError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
                                  f"before it in --methods")
+        if self.item_word is not None and self.item_word not in WORDINGS:
+            raise ValueError(f"--item-word {self.item_word!r}: expected one of {sorted(WORDINGS)}")
         self.profile = self.profile.for_protocol(self.protocol)
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
@@ -488,6 +492,8 @@ class Comparison:
             args += ["--model.stage1_steps", str(max(1, p.llm_steps // 2))]
         if self.spec.train_table is not None:
             args += ["--data.train_table", self.spec.train_table]
+        if self.item_word is not None:  # the same template, the domain's words (collab_llm.prompts.WORDINGS)
+            args += ["--model.template", with_wording(str(self.model_setting(method, "template")), self.item_word)]
         if self.model_setting(method, "scorer") == "head":
             # the head scores items without generating text; its alignment pass sees the budget's prompts
             args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
@@ -625,6 +631,8 @@ class Comparison:
             "method_config_sha256": canonical_sha256({config_name(c): c.read_text() for c in configs}),
             "backbone": None if method == self.spec.cf_method else backbone_fingerprint(self.backbone_path()),
         }
+        if self.item_word is not None and method != self.spec.cf_method:
+            out["item_word"] = self.item_word  # absent when the templates' own words are used (as before)
         if not early:
             out["split_sha256"] = self.split_sha256()
             out["cf_model_sha256"] = cf_sha256(self.cf_dir) if self.uses_cf_model(method) else None
@@ -652,8 +660,11 @@ class Comparison:
                            "seed": records[0].get("seed") if records and isinstance(records[0], dict) else None}
         current = self.run_fingerprint(method, early=early)
         labels = {"seed": "seed", "profile": "budget", "backbone": "backbone", "method_config_sha256": "method config",
-                  "split_sha256": "data split", "cf_model_sha256": "CF model"}
+                  "split_sha256": "data split", "cf_model_sha256": "CF model", "item_word": "item wording"}
+        optional = ("item_word",)  # absent = the templates' own words
         for key, label in labels.items():
+            if key in optional:
+                fingerprint, current = {key: None, **fingerprint}, {key: None, **current}
             if key not in current or key not in fingerprint:
                 continue
             old, new = fingerprint[key], current[key]
@@ -762,8 +773,9 @@ class Comparison:
             curve = json.loads(path.read_text()).get("loss_curve") or []
             if curve:
                 curves[m] = [tuple(x) for x in curve]
+        words = f", item wording `{self.item_word}`" if self.item_word is not None else ""
         pre = (f"Protocol `{self.protocol}` ({self.spec.split_name}), profile `{self.profile.name}` "
-               f"({self.profile}), seed {self.seed}. {INTERVALS}")
+               f"({self.profile}), seed {self.seed}{words}. {INTERVALS}")
         path = write_report(records, self.report_dir, curves, title=f"collab-llm: {self.protocol}", preamble=pre)
         self.log("\n" + markdown_table(records) + differences_table(records))
         self.log(f"[compare] report: {path}")
@@ -808,6 +820,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
     p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")
     p.add_argument("--work-dir", default="work", help="prepared splits and CF models (shared by comparisons)")
+    p.add_argument("--item-word", choices=sorted(WORDINGS), default=None,
+                   help="how the prompts name items (movie: the templates' MovieLens wording; book, product, item); "
+                        "default: movie on the presets, item with --data")
     p.add_argument("--report-dir", default=None, help="default: reports/<protocol or --data folder name>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
     p.add_argument("--seed", type=int, default=0)
@@ -838,8 +853,9 @@ def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir:
     methods = ns.methods or list(PROTOCOLS[protocol].default_methods)
     name = Path(ns.data).name if ns.data is not None else protocol
     report = report_dir or Path(ns.report_dir or f"reports/{name}-{profile.name}")
+    item_word = ns.item_word or ("item" if ns.data is not None else None)
     return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
-                      data=None if ns.data is None else Path(ns.data),
+                      item_word=item_word, data=None if ns.data is None else Path(ns.data),
                       cf_model=None if ns.cf_model is None else Path(ns.cf_model))
 
 

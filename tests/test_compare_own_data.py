@@ -77,6 +77,10 @@ def test_compare_on_a_users_own_csv_end_to_end(tmp_path, monkeypatch):
         result = json.loads((report / "runs" / m / "result.json").read_text())
         assert result["fingerprint"]["split_sha256"] == sha
         assert result["n_test_rows"] == 4
+    # the prompts name items as items (the default wording with --data), recorded with the run
+    bundle = json.loads((report / "runs" / "llara" / "bundle" / "bundle.json").read_text())
+    assert "llara_movielens@item" in json.dumps(bundle)
+    assert json.loads((report / "runs" / "llara" / "result.json").read_text())["fingerprint"]["item_word"] == "item"
     sasrec = json.loads((report / "runs" / "sasrec" / "result.json").read_text())["records"][0]
     assert "configs/cf/sasrec_loo.yaml" in sasrec["command"]
     # every LLM method scored the same sampled rows the CF model did
