@@ -553,7 +553,7 @@ class Comparison:
         with warnings.catch_warnings():
             # we pass args on purpose while sys.argv holds this command's own arguments
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            cli = build_cli(["fit", *args])
+            cli = build_cli(["fit", *args])  # (quiet_known_noise: no litlogger tip, no known deprecations)
         train_s = time.perf_counter() - start
         model, trainer = cli.model, cli.trainer
         self.log(f"[compare] {method}: trained in {train_s:.0f} s; evaluating")
@@ -741,28 +741,36 @@ class Comparison:
 
         The report folder is locked meanwhile (:func:`collab_llm.io.output_lock`): a second compare into
         it is refused, naming this one's process."""
+        from collab_llm.console import quiet_known_noise
         from collab_llm.io import output_lock
 
+        quiet_known_noise()
         with output_lock(self.report_dir, command="collab-llm compare"):
             return self._run()
 
     def _run(self) -> Path:
+        from collab_llm.console import StageClock, duration
+
         for method in self.methods:  # before any work: a finished run of another seed / budget / backbone
             self.finished(method, early=True)
+        clock = StageClock(self.methods, self.log, kind=lambda m: "cf" if m == self.spec.cf_method else "llm")
         self.prepare()
+        self.log(f"[compare] split and CF model ready (elapsed {duration(clock.clock() - clock.start)})")
         test_rows = self.test_rows()
-        for method in self.methods:
+        for method in self.methods:  # methods run in order: a preference stage after its start
             result_path = self.run_dir(method) / "result.json"
             if self.finished(method):
-                self.log(f"[compare] {method}: already finished ({result_path}), skipped")
+                clock.skipped(method, f"already finished ({result_path}), skipped")
                 self.skipped.append(method)
                 continue
+            clock.started(method)
             torch.manual_seed(self.seed)
             result = self.run_cf_alone() if method == self.spec.cf_method else self.run_llm(method)
             result["profile"] = asdict(self.profile)
             result["fingerprint"] = self.run_fingerprint(method)
             result["n_test_rows"] = len(test_rows)
             write_json(result_path, result)
+            clock.finished(method)
         return self.write()
 
     def write(self) -> Path:

@@ -62,7 +62,9 @@ def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMC
     import sys
 
     from collab_llm.config_guard import check_class_paths
+    from collab_llm.console import quiet_known_noise
 
+    quiet_known_noise()  # Lightning's litlogger tip, deprecations inside the libraries (collab_llm.console)
     check_class_paths(sys.argv[1:] if argv is None else argv)  # only the project's (and torch/Lightning's) classes
     return CollabLLMCLI(
         CollabLLM,
