@@ -3,10 +3,16 @@
 One comparison = one data protocol + a list of methods:
 
 - next-item (MovieLens-100K, leave-one-out, 20 stored candidates per row): ``sasrec`` (the CF model
-  alone, scoring the same candidates), ``tallrec`` (text-only prompt), ``llara`` (hybrid prompt,
+  alone, scoring the same candidates of the same sampled rows, with per-row predictions paired with the LLMs'), ``tallrec`` (text-only prompt), ``llara`` (hybrid prompt,
   curriculum), ``ilora`` (hybrid prompt, gated mixture of LoRA experts);
 - yes/no (the CoLLM MovieLens-1M preset): ``mf`` (the CF model alone), ``tallrec`` (CoLLM's
   text-only prompt), ``collm`` (two stages: LoRA on text, then the MF projector on hybrid prompts).
+
+Any prepared split (``--data DIR``, e.g. a user's own interactions prepared by ``collab-llm prepare
+--interactions FILE --items FILE --protocol loo``) takes the place of the MovieLens preset: the protocol is
+read from its manifest, the CF model is ``--cf-model DIR`` or trained here on it, the prompts' item wording is
+``--item-word`` (default ``item``). ``--methods sasrec`` (or ``mf``) scores the CF model alone on the rows the
+LLMs are scored on.
 
 Preference stages (next-item): ``X+sdpo`` / ``X+dpo`` for an LLM method ``X`` (``tallrec+sdpo``,
 ``llara+sdpo``, ``ilora+dpo``, ...) continue ``X``'s finished run of the same report (its bundle is the
@@ -43,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from collab_llm.io import write_json
+from collab_llm.io import atomic_file, write_json
 from collab_llm.metrics import Estimate
 from collab_llm.prompts import WORDINGS, with_wording
 from collab_llm.report import (
@@ -266,27 +272,34 @@ def estimates_to_records(
 
 
 @torch.no_grad()
-def cf_alone_estimates(
+def cf_alone_run(
     protocol: Protocol, cf_dir: Path, test: pd.DataFrame, n_resamples: int, max_history: int = 50
-) -> dict[str, Estimate | int]:
-    """Score the test rows with the CF model alone (same rows, same candidates as the LLMs)."""
+) -> tuple[dict[str, Estimate | int], pd.DataFrame]:
+    """The CF model alone on the test rows ``test`` (the LLMs' sample, in its order): its estimates and its
+    per-row predictions in the LLM runs' format (``row_index`` = position in ``test``, as the LLM runs number
+    the sampled rows; next-item ``scores`` of the stored candidates + ``target_index``; Yes/No ``score``), so
+    the report pairs it with the LLM runs row by row."""
     from cf_models.base import CFModel
     from cf_models.data import left_pad
 
     from collab_llm import scoring
 
     model = CFModel.from_pretrained(cf_dir).eval()
+    base = pd.DataFrame({"row_index": np.arange(len(test)), "user": test["user"].to_numpy()})
     if protocol == "nextitem":
         history = left_pad(list(test["history"]), max_history)
         cands = torch.tensor(np.stack(test["candidates"].to_numpy()), dtype=torch.long)
-        scores = model.pair_scores(cands, history=history)
+        scores = model.pair_scores(cands, history=history).float()
         target = (cands == torch.tensor(test["target"].to_numpy()).view(-1, 1)).float().argmax(1)
-        return scoring.ranking_metrics(scores.float(), target, n_resamples=n_resamples)
+        frame = base.assign(target=test["target"].to_numpy(), target_index=target.numpy(), scores=list(scores.numpy()))
+        return scoring.ranking_metrics(scores, target, n_resamples=n_resamples), frame
     users = torch.tensor(test["user"].to_numpy(), dtype=torch.long)
     items = torch.tensor(test["item"].to_numpy(), dtype=torch.long)
-    scores = model.pair_scores(items, users=users)
-    return scoring.yes_no_metrics(test["user"].to_numpy(), test["label"].to_numpy(), scores.float(),
-                                  test["warm"].to_numpy(), n_resamples=n_resamples)
+    scores = model.pair_scores(items, users=users).float()
+    frame = base.assign(item=test["item"].to_numpy(), label=test["label"].to_numpy(), score=scores.numpy(),
+                        warm=test["warm"].to_numpy())
+    return scoring.yes_no_metrics(test["user"].to_numpy(), test["label"].to_numpy(), scores,
+                                  test["warm"].to_numpy(), n_resamples=n_resamples), frame
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -532,8 +545,11 @@ class Comparison:
 
         n_params = sum(p.numel() for p in CFModel.from_pretrained(self.cf_dir).parameters())
         start = time.perf_counter()
-        est = cf_alone_estimates(self.protocol, self.cf_dir, self.test_rows(), self.profile.n_bootstrap)
+        est, frame = cf_alone_run(self.protocol, self.cf_dir, self.test_rows(), self.profile.n_bootstrap)
         eval_s = time.perf_counter() - start
+        predictions = self.run_dir(method) / "predictions_test.parquet"
+        with atomic_file(predictions, "wb") as handle:
+            frame.to_parquet(handle)
         if self.cf_model is not None:  # given, not trained here
             command, config = f"given: --cf-model {self.cf_dir}", str(self.cf_dir / "config.json")
         else:
@@ -541,7 +557,7 @@ class Comparison:
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params), "command": command, "config": config,
         }
-        return {"records": estimates_to_records(est, base), "loss_curve": []}
+        return {"records": estimates_to_records(est, base), "loss_curve": [], "predictions": str(predictions)}
 
     def run_llm(self, method: str) -> dict[str, Any]:
         from collab_llm import scoring
