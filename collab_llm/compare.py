@@ -769,7 +769,7 @@ class Comparison:
 
         for method in self.methods:  # before any work: a finished run of another seed / budget / backbone
             self.finished(method, early=True)
-        clock = StageClock(self.methods, self.log, kind=lambda m: "cf" if m == self.spec.cf_method else "llm")
+        clock = StageClock(self.methods, self.log, kind=lambda m: "CF" if m == self.spec.cf_method else "LLM")
         self.prepare()
         self.log(f"[compare] split and CF model ready (elapsed {duration(clock.clock() - clock.start)})")
         test_rows = self.test_rows()

@@ -58,8 +58,8 @@ class StageClock:
     """Elapsed time and an ETA over a comparison's methods.
 
     The ETA of the methods left is the sum of their expected durations: the mean duration of the methods of
-    the same ``kind`` this command has run (the CF model alone takes seconds, an LLM method minutes), else of
-    all it has run; skipped, already finished methods count as done. Before any has finished it is unknown.
+    the same ``kind`` this command has run (the CF model alone takes seconds, an LLM method minutes); skipped,
+    already finished methods count as done. It is unknown while a kind left has not been timed yet.
     ``clock`` is injectable for tests.
     """
 
@@ -81,14 +81,13 @@ class StageClock:
         elapsed = f"elapsed {duration(self.clock() - self.start)}"
         if left <= 0:
             return elapsed
-        if not self.durations:
-            return f"{elapsed}; ETA unknown for {left} method{'s' * (left != 1)} left"
-        every = [d for ds in self.durations.values() for d in ds]
-        eta = 0.0
-        for method in self.methods[self.done:]:
-            same = self.durations.get(self.kind(method)) or every
-            eta += sum(same) / len(same)
-        return f"{elapsed}; ETA {duration(eta)} for {left} method{'s' * (left != 1)} left"
+        plural = "s" * (left != 1)
+        kinds = [self.kind(m) for m in self.methods[self.done:]]
+        untimed = sorted({k for k in kinds if k not in self.durations})
+        if untimed:
+            return f"{elapsed}; ETA unknown for {left} method{plural} left until one {'/'.join(untimed)} method is timed"
+        eta = sum(sum(self.durations[k]) / len(self.durations[k]) for k in kinds)
+        return f"{elapsed}; ETA {duration(eta)} for {left} method{plural} left"
 
     def _name(self, method: str) -> str:
         return f"{self.methods.index(method) + 1}/{len(self.methods)} {method}"

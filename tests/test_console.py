@@ -12,7 +12,7 @@ def test_stage_lines_carry_elapsed_time_and_an_eta_by_kind():
     now = [0.0]
     lines: list[str] = []
     clock = StageClock(["sasrec", "tallrec", "llara", "ilora"], lines.append, clock=lambda: now[0],
-                       kind=lambda m: "cf" if m == "sasrec" else "llm")
+                       kind=lambda m: "CF" if m == "sasrec" else "LLM")
     clock.started("sasrec")
     now[0] = 5.0
     clock.finished("sasrec")
@@ -20,9 +20,9 @@ def test_stage_lines_carry_elapsed_time_and_an_eta_by_kind():
     now[0] = 125.0
     clock.finished("tallrec")
     clock.skipped("llara", "already finished, skipped")
-    assert lines[0] == "[compare] 1/4 sasrec: started (elapsed 0s; ETA unknown for 4 methods left)"
-    # only the CF model ran: its 5 s stand for every method left
-    assert lines[1] == "[compare] 1/4 sasrec: finished in 5s (elapsed 5s; ETA 15s for 3 methods left)"
+    assert lines[0] == "[compare] 1/4 sasrec: started (elapsed 0s; ETA unknown for 4 methods left until one CF/LLM method is timed)"
+    # only the CF model ran: its 5 s say nothing about an LLM method's minutes
+    assert lines[1] == "[compare] 1/4 sasrec: finished in 5s (elapsed 5s; ETA unknown for 3 methods left until one LLM method is timed)"
     # LLM methods are expected to take what the LLM method took, not the CF model's seconds
     assert lines[3] == "[compare] 2/4 tallrec: finished in 2m00s (elapsed 2m05s; ETA 4m00s for 2 methods left)"
     assert lines[4] == "[compare] 3/4 llara: already finished, skipped (elapsed 2m05s; ETA 2m00s for 1 method left)"
