@@ -116,3 +116,31 @@ def test_own_data_refusals_are_one_line(tmp_path, capsys):
                          "--report-dir", str(tmp_path / "r"), "--backbone", str(tmp_path / "none")])
         err = capsys.readouterr().err.strip()
         assert code == 2 and expected in err and "\n" not in err, (args, err)
+
+
+@pytest.mark.slow
+def test_compare_on_a_users_own_yes_no_split(tmp_path):
+    """A Yes/No split of the user's CSV (TALLRec's protocol, its few-shot train_256): compare reads the protocol
+    from the manifest, trains MF on it (early-stopping config) and runs the Yes/No methods on the same rows."""
+    rng = np.random.default_rng(1)
+    rows = [{"customer": f"c{u:03d}", "sku": f"p{item:03d}", "stars": float(rng.integers(1, 6)), "ts": 1_600_000_000 + 60 * k}
+            for k, (u, item) in enumerate((u, i) for u in range(40) for i in rng.choice(N_ITEMS, size=10, replace=False))]
+    (tmp_path / "shop").mkdir()
+    pd.DataFrame(rows).sample(frac=1.0, random_state=0).to_csv(tmp_path / "shop" / "ratings.csv", index=False)
+    _, items = write_user_csv(tmp_path / "shop")
+    split = tmp_path / "work" / "shop_yesno"
+    assert cli.main(["prepare", "--interactions", str(tmp_path / "shop" / "ratings.csv"), "--items", str(items),
+                     "--user-col", "customer", "--item-col", "sku", "--rating-col", "stars", "--timestamp-col", "ts",
+                     "--item-id-col", "sku", "--title-col", "name", "--protocol", "tallrec", "--out", str(split)]) == 0
+    report = tmp_path / "report"
+    assert cli.main(["compare", "--data", str(split), "--methods", "mf", "tallrec", "collm", "--profile", "smoke",
+                     "--test-rows", "12", "--item-word", "book", "--backbone", str(make_backbone_dir(tmp_path, "llama")),
+                     "--work-dir", str(tmp_path / "work"), "--report-dir", str(report)]) == 0
+    records = json.loads((report / "results.json").read_text())
+    assert {(r["method"], r["metric"]) for r in records} >= {("mf", "auc"), ("tallrec", "auc"), ("collm", "auc"),
+                                                             ("mf", "diff_vs_tallrec_auc"), ("collm", "diff_vs_tallrec_auc")}
+    assert {r["protocol"] for r in records} == {"yesno:shop_yesno"}
+    assert all(r["n_test"] == 12 for r in records if r["metric"] == "auc" and r["subset"] == "all")
+    (cf_dir,) = (tmp_path / "work" / "cf").iterdir()
+    assert cf_dir.name.startswith("mf_shop_yesno-")
+    assert "collm_movielens@book" in (report / "runs" / "collm" / "bundle" / "bundle.json").read_text()
