@@ -3,8 +3,9 @@
 One comparison = one data protocol + a list of methods:
 
 - next-item (MovieLens-100K, leave-one-out, 20 stored candidates per row): ``sasrec`` (the CF model
-  alone, scoring the same candidates of the same sampled rows, with per-row predictions paired with the LLMs'), ``tallrec`` (text-only prompt), ``llara`` (hybrid prompt,
-  curriculum), ``ilora`` (hybrid prompt, gated mixture of LoRA experts);
+  alone, scoring the same candidates of the same sampled rows; its per-row predictions are paired with the
+  LLMs'), ``tallrec`` (text-only prompt), ``llara`` (hybrid prompt, curriculum), ``ilora`` (hybrid prompt,
+  gated mixture of LoRA experts);
 - yes/no (the CoLLM MovieLens-1M preset): ``mf`` (the CF model alone), ``tallrec`` (CoLLM's
   text-only prompt), ``collm`` (two stages: LoRA on text, then the MF projector on hybrid prompts).
 
@@ -195,7 +196,6 @@ def split_task(split_dir: Path) -> str:
         raise UserError(f"--data {split_dir}: a {protocol!r} split; compare needs a next-item split (prepare "
                         "--protocol loo or llara) or a Yes/No one (--protocol collm or tallrec)")
     return task
-
 
 
 #: preference stage -> its model fragment, composed after the start method's (``<method>+<stage>``)
