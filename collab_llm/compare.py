@@ -512,6 +512,20 @@ class Comparison:
             args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
         return args
 
+    def commands(self) -> list[str]:
+        """The command behind each method, as its report records it, without running anything: the budget's
+        overrides spelled out (``compare --dry-run``). An LLM method is then evaluated with ``collab-llm test``
+        and the same arguments plus ``--ckpt_path <run>/logs/version_0/checkpoints/last.ckpt``."""
+        out = []
+        for method in self.methods:
+            if method != self.spec.cf_method:
+                out.append(f"# {method}\ncollab-llm fit {shlex.join(self.llm_args(method))}")
+            elif self.cf_model is not None:
+                out.append(f"# {method}: the CF model alone, given: --cf-model {self.cf_dir}")
+            else:
+                out.append(f"# {method}: the CF model alone, trained once\ncollab-llm cf fit {shlex.join(self.cf_args())}")
+        return out
+
     def model_configs(self, method: str) -> list[Path]:
         """The model fragments of a method, in order (a preference stage: its start's, then the stage's)."""
         start, stage = split_method(method)
@@ -850,6 +864,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="default: reports/<protocol or --data folder name>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the command behind each method (the profile's budget spelled out) and run nothing")
     p.add_argument("--export", default=None,
                    help="also copy the report's files (results.md/.csv/.json, PNGs; no runs, no weights) here")
     return p
@@ -956,6 +972,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns.protocol = _protocols(ns)
     if ns.cf_model is not None and len(ns.protocol) > 1:
         parser.error("--cf-model applies to one protocol")
+    if ns.dry_run:
+        if ns.methods is not None and len(ns.protocol) > 1:
+            parser.error("--methods applies to one protocol; with several, each runs its default methods")
+        for protocol in ns.protocol:
+            print("\n".join(_comparison(ns, protocol).commands()), flush=True)
+        return 0
     if len(ns.protocol) == 1:
         comps = [_comparison(ns)]
         comps[0].run()

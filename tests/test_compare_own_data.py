@@ -144,3 +144,21 @@ def test_compare_on_a_users_own_yes_no_split(tmp_path):
     (cf_dir,) = (tmp_path / "work" / "cf").iterdir()
     assert cf_dir.name.startswith("mf_shop_yesno-")
     assert "collm_movielens@book" in (report / "runs" / "collm" / "bundle" / "bundle.json").read_text()
+
+
+def test_dry_run_prints_each_methods_command_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    split = prepare(tmp_path)
+    monkeypatch.setattr(compare.Comparison, "run", lambda self: pytest.fail("--dry-run ran the comparison"))
+    capsys.readouterr()
+    assert cli.main(["compare", "--dry-run", "--data", str(split), "--profile", "quick", "--methods", "sasrec", "llara", "llara+sdpo",
+                     "--backbone", "some/backbone", "--work-dir", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# sasrec: the CF model alone, trained once\ncollab-llm cf fit --config ")
+    assert "configs/cf/sasrec_loo.yaml" in out and "--trainer.max_epochs 8" in out  # the quick profile's cap
+    llara = out.split("# llara\n")[1].splitlines()[0]
+    for piece in ("collab-llm fit --config", "configs/llm/model/llara.yaml", "--trainer.max_steps 8", "--data.batch_size 2",
+                  "--data.test_sample 32", "--data.test_sample_seed 0", "--model.template llara_movielens@item",
+                  f"--data.data_dir {split}", "--model.backbone_path some/backbone"):
+        assert piece in llara, piece
+    assert "configs/llm/model/sdpo.yaml" in out.split("# llara+sdpo\n")[1]
+    assert not (tmp_path / "work" / "cf").exists() and not Path("reports/shop_loo-quick").exists()
