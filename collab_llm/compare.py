@@ -366,7 +366,7 @@ class Comparison:
                             "compare reads it from the split)")
         manifest = split_manifest(self.data)
         return replace(spec, dataset=str(manifest.get("source")), prepare_protocol=str(manifest.get("protocol")),
-                       split_name=self.data.name, cf_config=spec.own_cf_config or spec.cf_config)
+                       split_name=self.data.resolve().name, cf_config=spec.own_cf_config or spec.cf_config)
 
     def _own_cf_spec(self, spec: ProtocolSpec) -> ProtocolSpec:
         """The given CF export must be the protocol's kind of model (``sasrec`` next-item, ``mf`` Yes/No)."""
@@ -891,7 +891,7 @@ def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir:
     if ns.test_rows is not None:
         profile = replace(profile, test_rows=ns.test_rows)
     methods = ns.methods or list(PROTOCOLS[protocol].default_methods)
-    name = Path(ns.data).name if ns.data is not None else protocol
+    name = Path(ns.data).resolve().name if ns.data is not None else protocol
     report = report_dir or Path(ns.report_dir or f"reports/{name}-{profile.name}")
     item_word = ns.item_word or ("item" if ns.data is not None else None)
     return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
