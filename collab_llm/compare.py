@@ -1009,6 +1009,9 @@ def main_job(argv: Sequence[str] | None = None) -> int:
     """``collab-llm main``: the quick next-item comparison on MovieLens-100K with SmolLM2-135M."""
     ns = _parser("collab-llm main").parse_args(argv)
     comp = _comparison(ns)
+    if ns.dry_run:
+        print("\n".join(comp.commands()), flush=True)
+        return 0
     print(
         f"collab-llm main: next-item comparison on MovieLens-100K (leave-one-out, 20 candidates) with "
         f"SmolLM2-135M on the CPU: {', '.join(comp.methods)}; profile '{comp.profile.name}' "
