@@ -57,6 +57,9 @@ def build_cli(args: Sequence[str]) -> CFLightningCLI:
     """Parse ``args`` (``--config`` files and overrides) and instantiate trainer, task and data."""
     from collab_llm.config_guard import check_class_paths
 
+    from collab_llm.console import quiet_known_noise
+
+    quiet_known_noise()  # Lightning's litlogger tip and the libraries' own deprecations (collab_llm.console)
     check_class_paths(args)  # a config may only name the project's (and torch/Lightning's) classes
     with warnings.catch_warnings():
         # we always pass args explicitly (collab-llm's own argv holds the 'cf fit' prefix)

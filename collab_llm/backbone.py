@@ -22,6 +22,8 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from collab_llm.assets import resolve_backbone
+
 DType = Literal["auto", "float32", "bfloat16"]
 
 #: CPU flags (``/proc/cpuinfo``) that mean bf16 matmuls run natively (AVX512-BF16, AMX-BF16).
@@ -156,8 +158,9 @@ def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase, placeholder_token
 
 
 def load_tokenizer(path: str | Path, placeholder_tokens: Sequence[str] = DEFAULT_PLACEHOLDERS) -> tuple[PreTrainedTokenizerBase, dict[str, int]]:
-    """The tokenizer of the model folder ``path`` with placeholders added (same ids as :func:`load_backbone`)."""
-    path = Path(path).expanduser()
+    """The tokenizer of the model folder ``path`` (``"default"``: :func:`collab_llm.assets.resolve_backbone`) with
+    placeholders added (same ids as :func:`load_backbone`)."""
+    path = Path(resolve_backbone(path))
     if not (path / "config.json").exists() and not (path / "tokenizer.json").exists():
         raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json / tokenizer.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -200,12 +203,13 @@ def load_backbone(
     """Load a causal LM from a local HF folder, frozen, in ``dtype``, with placeholder tokens.
 
     Args:
-        path: folder with ``config.json``, weights and tokenizer files (nothing is downloaded).
+        path: folder with ``config.json``, weights and tokenizer files (nothing is downloaded); ``"default"``:
+            the default backbone in the cache (:func:`collab_llm.assets.resolve_backbone`).
         dtype: weights of the frozen backbone; trainable parts (LoRA, projector) stay float32.
             ``"auto"``: bfloat16 where bf16 matmuls are native (:func:`native_bf16`), else float32.
         placeholder_tokens: strings reserved as single special tokens.
     """
-    path = Path(path).expanduser()
+    path = Path(resolve_backbone(path))
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no config.json; expected a local Hugging Face model folder")
     tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -35,6 +35,9 @@ typical session:
   collab-llm cf fit --config configs/cf/sasrec_ml100k_loo.yaml
   collab-llm fit --config configs/llm/experiments/llara.yaml
   collab-llm compare --help
+your own data (every method, same candidates and rows, one report):
+  collab-llm prepare --interactions my.csv --items items.csv --protocol loo --out work/mine
+  collab-llm compare --data work/mine --profile quick --item-word product
 Each subcommand has its own --help.
 """
 

@@ -3,10 +3,17 @@
 One comparison = one data protocol + a list of methods:
 
 - next-item (MovieLens-100K, leave-one-out, 20 stored candidates per row): ``sasrec`` (the CF model
-  alone, scoring the same candidates), ``tallrec`` (text-only prompt), ``llara`` (hybrid prompt,
-  curriculum), ``ilora`` (hybrid prompt, gated mixture of LoRA experts);
+  alone, scoring the same candidates of the same sampled rows; its per-row predictions are paired with the
+  LLMs'), ``tallrec`` (text-only prompt), ``llara`` (hybrid prompt, curriculum), ``ilora`` (hybrid prompt,
+  gated mixture of LoRA experts);
 - yes/no (the CoLLM MovieLens-1M preset): ``mf`` (the CF model alone), ``tallrec`` (CoLLM's
   text-only prompt), ``collm`` (two stages: LoRA on text, then the MF projector on hybrid prompts).
+
+Any prepared split (``--data DIR``, e.g. a user's own interactions prepared by ``collab-llm prepare
+--interactions FILE --items FILE --protocol loo``) takes the place of the MovieLens preset: the protocol is
+read from its manifest, the CF model is ``--cf-model DIR`` or trained here on it, the prompts' item wording is
+``--item-word`` (default ``item``). ``--methods sasrec`` (or ``mf``) scores the CF model alone on the rows the
+LLMs are scored on.
 
 Preference stages (next-item): ``X+sdpo`` / ``X+dpo`` for an LLM method ``X`` (``tallrec+sdpo``,
 ``llara+sdpo``, ``ilora+dpo``, ...) continue ``X``'s finished run of the same report (its bundle is the
@@ -43,8 +50,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from collab_llm.io import write_json
+from collab_llm.io import atomic_file, write_json
 from collab_llm.metrics import Estimate
+from collab_llm.prompts import WORDINGS, with_wording
 from collab_llm.report import (
     differences_table,
     load_records,
@@ -54,8 +62,10 @@ from collab_llm.report import (
 )
 
 Protocol = Literal["nextitem", "yesno"]
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+#: the shipped configs: package data (``collab_llm/configs``, a link to the repository's ``configs/`` in a
+#: checkout), so compare finds them from an installed wheel; fingerprints name them relative to the package
+PACKAGE = Path(__file__).resolve().parent
+CONFIGS = PACKAGE / "configs"
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,7 @@ class ProtocolSpec:
     default_methods: tuple[str, ...]
     llm_methods: dict[str, Path]  # method -> model config fragment
     train_table: str | None = None  # the LLMs' training table (None: the data config's)
+    own_cf_config: Path | None = None  # the CF config trained on a user's split (``--data`` without ``--cf-model``)
 
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
@@ -140,6 +151,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         cf_config=CONFIGS / "cf" / "sasrec_ml100k_loo.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml100k_loo.yaml",
         default_methods=("sasrec", "tallrec", "llara", "ilora", "head", "head_l4"),
+        own_cf_config=CONFIGS / "cf" / "sasrec_loo.yaml",  # early-stops on validation, no epoch count tuned on ML-100K
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec.yaml",
             "llara": CONFIGS / "llm" / "model" / "llara.yaml",
@@ -162,8 +174,28 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         },
         # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
         train_table="train_256",
+        own_cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",  # early-stops on validation AUC
     ),
 }
+
+
+def split_task(split_dir: Path) -> str:
+    """The comparison protocol (``nextitem`` / ``yesno``) of a prepared split folder, from its manifest's
+    ``protocol`` (``nextitem/loo``, ``yesno/collm``, ...); a folder that is not such a split is a
+    one-line :class:`~collab_llm.errors.UserError` naming ``--data``."""
+    from collab_llm.errors import UserError
+    from collab_llm.fingerprint import split_manifest, verify_split
+
+    if not (Path(split_dir) / "manifest.json").is_file():
+        raise UserError(f"--data {split_dir}: not a prepared split (no manifest.json); write one with "
+                        "collab-llm prepare --interactions FILE --items FILE --protocol loo --out DIR")
+    verify_split(split_dir)
+    protocol = str(split_manifest(split_dir).get("protocol", ""))
+    task = protocol.split("/", 1)[0]
+    if task not in PROTOCOLS:
+        raise UserError(f"--data {split_dir}: a {protocol!r} split; compare needs a next-item split (prepare "
+                        "--protocol loo or llara) or a Yes/No one (--protocol collm or tallrec)")
+    return task
 
 
 #: preference stage -> its model fragment, composed after the start method's (``<method>+<stage>``)
@@ -171,6 +203,11 @@ PREFERENCE_STAGES: dict[str, Path] = {
     "sdpo": CONFIGS / "llm" / "model" / "sdpo.yaml",
     "dpo": CONFIGS / "llm" / "model" / "dpo.yaml",
 }
+
+
+def config_name(path: Path) -> str:
+    """A shipped config's name in reports and fingerprints: ``configs/llm/model/llara.yaml``, wherever installed."""
+    return str(path.relative_to(PACKAGE))
 
 
 def split_method(method: str) -> tuple[str, str | None]:
@@ -235,27 +272,34 @@ def estimates_to_records(
 
 
 @torch.no_grad()
-def cf_alone_estimates(
+def cf_alone_run(
     protocol: Protocol, cf_dir: Path, test: pd.DataFrame, n_resamples: int, max_history: int = 50
-) -> dict[str, Estimate | int]:
-    """Score the test rows with the CF model alone (same rows, same candidates as the LLMs)."""
+) -> tuple[dict[str, Estimate | int], pd.DataFrame]:
+    """The CF model alone on the test rows ``test`` (the LLMs' sample, in its order): its estimates and its
+    per-row predictions in the LLM runs' format (``row_index`` = position in ``test``, as the LLM runs number
+    the sampled rows; next-item ``scores`` of the stored candidates + ``target_index``; Yes/No ``score``), so
+    the report pairs it with the LLM runs row by row."""
     from cf_models.base import CFModel
     from cf_models.data import left_pad
 
     from collab_llm import scoring
 
     model = CFModel.from_pretrained(cf_dir).eval()
+    base = pd.DataFrame({"row_index": np.arange(len(test)), "user": test["user"].to_numpy()})
     if protocol == "nextitem":
         history = left_pad(list(test["history"]), max_history)
         cands = torch.tensor(np.stack(test["candidates"].to_numpy()), dtype=torch.long)
-        scores = model.pair_scores(cands, history=history)
+        scores = model.pair_scores(cands, history=history).float()
         target = (cands == torch.tensor(test["target"].to_numpy()).view(-1, 1)).float().argmax(1)
-        return scoring.ranking_metrics(scores.float(), target, n_resamples=n_resamples)
+        frame = base.assign(target=test["target"].to_numpy(), target_index=target.numpy(), scores=list(scores.numpy()))
+        return scoring.ranking_metrics(scores, target, n_resamples=n_resamples), frame
     users = torch.tensor(test["user"].to_numpy(), dtype=torch.long)
     items = torch.tensor(test["item"].to_numpy(), dtype=torch.long)
-    scores = model.pair_scores(items, users=users)
-    return scoring.yes_no_metrics(test["user"].to_numpy(), test["label"].to_numpy(), scores.float(),
-                                  test["warm"].to_numpy(), n_resamples=n_resamples)
+    scores = model.pair_scores(items, users=users).float()
+    frame = base.assign(item=test["item"].to_numpy(), label=test["label"].to_numpy(), score=scores.numpy(),
+                        warm=test["warm"].to_numpy())
+    return scoring.yes_no_metrics(test["user"].to_numpy(), test["label"].to_numpy(), scores,
+                                  test["warm"].to_numpy(), n_resamples=n_resamples), frame
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -271,11 +315,18 @@ class Comparison:
     backbone: str | None = None
     seed: int = 0
     log: Callable[[str], None] = print
+    data: Path | None = None  # a prepared split (any dataset) instead of the protocol's MovieLens preset
+    cf_model: Path | None = None  # a CF export made from that split (default: trained into the work folder)
+    item_word: str | None = None  # the prompts' item wording (collab_llm.prompts.WORDINGS; None: the templates')
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
         spec = PROTOCOLS[self.protocol]
+        if self.data is not None:
+            spec = self._own_data_spec(spec)
+        if self.cf_model is not None:
+            spec = self._own_cf_spec(spec)
         known = {spec.cf_method, *spec.llm_methods}
         unknown = [m for m in self.methods if split_method(m)[0] not in known]
         if unknown:
@@ -294,19 +345,64 @@ class Comparison:
             if start not in self.methods[:i]:
                 raise ValueError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
                                  f"before it in --methods")
+        if self.item_word is not None and self.item_word not in WORDINGS:
+            raise ValueError(f"--item-word {self.item_word!r}: expected one of {sorted(WORDINGS)}")
         self.profile = self.profile.for_protocol(self.protocol)
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
         self.report_dir = Path(self.report_dir)
         self.skipped: list[str] = []  # methods found finished by run() (resumed, not rerun)
 
+    def _own_data_spec(self, spec: ProtocolSpec) -> ProtocolSpec:
+        """The protocol's methods and configs on the prepared split ``data``: its folder name names it in the
+        report, its manifest says what it was made from, and a CF model trained here uses ``own_cf_config``."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import split_manifest
+
+        self.data = Path(self.data)
+        task = split_task(self.data)
+        if task != self.protocol:
+            raise UserError(f"--data {self.data}: a {task} split, not a {self.protocol} one (leave --protocol out, "
+                            "compare reads it from the split)")
+        manifest = split_manifest(self.data)
+        return replace(spec, dataset=str(manifest.get("source")), prepare_protocol=str(manifest.get("protocol")),
+                       split_name=self.data.resolve().name, cf_config=spec.own_cf_config or spec.cf_config)
+
+    def _own_cf_spec(self, spec: ProtocolSpec) -> ProtocolSpec:
+        """The given CF export must be the protocol's kind of model (``sasrec`` next-item, ``mf`` Yes/No)."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import read_json
+
+        self.cf_model = Path(self.cf_model)
+        raw = read_json(self.cf_model / "config.json", "CF model config (--cf-model)")
+        kind = raw.get("model_type") if isinstance(raw, dict) else None
+        if kind != spec.cf_method:
+            raise UserError(f"--cf-model {self.cf_model}: a {kind!r} model; the {self.protocol} methods need a "
+                            f"{spec.cf_method!r} model (collab-llm cf fit --config {spec.own_cf_config or spec.cf_config})")
+        return spec
+
     @property
     def split_dir(self) -> Path:
+        if self.data is not None:
+            return self.data
         return self.work_dir / (self.spec.split_name + self._seed_suffix)
 
     @property
     def cf_dir(self) -> Path:
-        return self.work_dir / "cf" / f"{self.spec.cf_method}_{self.spec.split_name}{self._seed_suffix}"
+        if self.cf_model is not None:
+            return self.cf_model
+        name = self.spec.split_name
+        if self.data is not None:  # a user's split: its name alone may be reused by another split
+            from collab_llm.fingerprint import short
+
+            name = f"{name}-{short(self.split_sha256())[:8]}"
+        return self.work_dir / "cf" / f"{self.spec.cf_method}_{name}{self._seed_suffix}"
+
+    def split_sha256(self) -> str:
+        """The split's fingerprint (the hash of its manifest, which lists every table's sha256)."""
+        from collab_llm.fingerprint import split_sha256
+
+        return split_sha256(self.split_dir)
 
     @property
     def _seed_suffix(self) -> str:
@@ -317,11 +413,13 @@ class Comparison:
         return self.report_dir / "runs" / method
 
     def backbone_path(self) -> str:
-        if self.backbone is not None:
-            return self.backbone
-        from collab_llm.assets import ensure_assets
+        """``--backbone``, else the default backbone in the cache (:func:`collab_llm.assets.resolve_backbone`); the
+        MovieLens presets fetch the assets first (a first run downloads them), a user's split does not need them."""
+        from collab_llm.assets import ensure_assets, resolve_backbone
 
-        return str(ensure_assets(log=self.log).smollm2)
+        if self.backbone is None and self.data is None:
+            ensure_assets(log=self.log)
+        return resolve_backbone(self.backbone, flag="--backbone")
 
     # ------------------------------------------------------------------ stages
     def prepare(self) -> None:
@@ -407,10 +505,26 @@ class Comparison:
             args += ["--model.stage1_steps", str(max(1, p.llm_steps // 2))]
         if self.spec.train_table is not None:
             args += ["--data.train_table", self.spec.train_table]
+        if self.item_word is not None:  # the same template, the domain's words (collab_llm.prompts.WORDINGS)
+            args += ["--model.template", with_wording(str(self.model_setting(method, "template")), self.item_word)]
         if self.model_setting(method, "scorer") == "head":
             # the head scores items without generating text; its alignment pass sees the budget's prompts
             args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
         return args
+
+    def commands(self) -> list[str]:
+        """The command behind each method, as its report records it, without running anything: the budget's
+        overrides spelled out (``compare --dry-run``). An LLM method is then evaluated with ``collab-llm test``
+        and the same arguments plus ``--ckpt_path <run>/logs/version_0/checkpoints/last.ckpt``."""
+        out = []
+        for method in self.methods:
+            if method != self.spec.cf_method:
+                out.append(f"# {method}\ncollab-llm fit {shlex.join(self.llm_args(method))}")
+            elif self.cf_model is not None:
+                out.append(f"# {method}: the CF model alone, given: --cf-model {self.cf_dir}")
+            else:
+                out.append(f"# {method}: the CF model alone, trained once\ncollab-llm cf fit {shlex.join(self.cf_args())}")
+        return out
 
     def model_configs(self, method: str) -> list[Path]:
         """The model fragments of a method, in order (a preference stage: its start's, then the stage's)."""
@@ -445,13 +559,19 @@ class Comparison:
 
         n_params = sum(p.numel() for p in CFModel.from_pretrained(self.cf_dir).parameters())
         start = time.perf_counter()
-        est = cf_alone_estimates(self.protocol, self.cf_dir, self.test_rows(), self.profile.n_bootstrap)
+        est, frame = cf_alone_run(self.protocol, self.cf_dir, self.test_rows(), self.profile.n_bootstrap)
         eval_s = time.perf_counter() - start
+        predictions = self.run_dir(method) / "predictions_test.parquet"
+        with atomic_file(predictions, "wb") as handle:
+            frame.to_parquet(handle)
+        if self.cf_model is not None:  # given, not trained here
+            command, config = f"given: --cf-model {self.cf_dir}", str(self.cf_dir / "config.json")
+        else:
+            command, config = "collab-llm cf fit " + shlex.join(self.cf_args()), config_name(self.spec.cf_config)
         base = self.base_record(method) | {
-            "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
-            "command": "collab-llm cf fit " + shlex.join(self.cf_args()), "config": str(self.spec.cf_config.relative_to(REPO)),
+            "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params), "command": command, "config": config,
         }
-        return {"records": estimates_to_records(est, base), "loss_curve": []}
+        return {"records": estimates_to_records(est, base), "loss_curve": [], "predictions": str(predictions)}
 
     def run_llm(self, method: str) -> dict[str, Any]:
         from collab_llm import scoring
@@ -463,7 +583,7 @@ class Comparison:
         with warnings.catch_warnings():
             # we pass args on purpose while sys.argv holds this command's own arguments
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            cli = build_cli(["fit", *args])
+            cli = build_cli(["fit", *args])  # (quiet_known_noise: no litlogger tip, no known deprecations)
         train_s = time.perf_counter() - start
         model, trainer = cli.model, cli.trainer
         self.log(f"[compare] {method}: trained in {train_s:.0f} s; evaluating")
@@ -479,7 +599,7 @@ class Comparison:
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
             "command": "collab-llm fit " + shlex.join(args),
-            "config": " + ".join(str(p.relative_to(REPO)) for p in self.model_configs(method)),
+            "config": " + ".join(config_name(p) for p in self.model_configs(method)),
         }
         n = self.profile.n_bootstrap
         if self.protocol == "nextitem":
@@ -516,19 +636,23 @@ class Comparison:
         """What a run is made from: seed, budget (profile), method config (the hash of its config files),
         backbone (path + config hash; LLM methods), and unless ``early``: the split's and the CF model's
         fingerprints. Two runs with the same fingerprint are the same run."""
-        from collab_llm.fingerprint import backbone_fingerprint, canonical_sha256, cf_sha256, split_sha256
+        from collab_llm.fingerprint import backbone_fingerprint, canonical_sha256, cf_sha256
 
         if method == self.spec.cf_method:
-            configs = [self.spec.cf_config]
+            # the MovieLens presets keep their config's hash; on a user's split the CF model's own fingerprint
+            # (cf_model_sha256 below: weights + the config it was trained with) says it all, trained here or given
+            configs = [self.spec.cf_config] if self.data is None and self.cf_model is None else []
         else:
             configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_configs(method)]
         out: dict[str, Any] = {
             "seed": self.seed, "profile": json.loads(json.dumps(asdict(self.profile))),
-            "method_config_sha256": canonical_sha256({str(c.relative_to(REPO)): c.read_text() for c in configs}),
+            "method_config_sha256": canonical_sha256({config_name(c): c.read_text() for c in configs}),
             "backbone": None if method == self.spec.cf_method else backbone_fingerprint(self.backbone_path()),
         }
+        if self.item_word is not None and method != self.spec.cf_method:
+            out["item_word"] = self.item_word  # absent when the templates' own words are used (as before)
         if not early:
-            out["split_sha256"] = split_sha256(self.split_dir)
+            out["split_sha256"] = self.split_sha256()
             out["cf_model_sha256"] = cf_sha256(self.cf_dir) if self.uses_cf_model(method) else None
         return out
 
@@ -554,8 +678,11 @@ class Comparison:
                            "seed": records[0].get("seed") if records and isinstance(records[0], dict) else None}
         current = self.run_fingerprint(method, early=early)
         labels = {"seed": "seed", "profile": "budget", "backbone": "backbone", "method_config_sha256": "method config",
-                  "split_sha256": "data split", "cf_model_sha256": "CF model"}
+                  "split_sha256": "data split", "cf_model_sha256": "CF model", "item_word": "item wording"}
+        optional = ("item_word",)  # absent = the templates' own words
         for key, label in labels.items():
+            if key in optional:
+                fingerprint, current = {key: None, **fingerprint}, {key: None, **current}
             if key not in current or key not in fingerprint:
                 continue
             old, new = fingerprint[key], current[key]
@@ -576,6 +703,9 @@ class Comparison:
         from collab_llm.fingerprint import split_manifest, verify_split
 
         folder = self.split_dir
+        if self.data is not None:  # the user's split: checked (checksums), never prepared or replaced here
+            verify_split(folder)
+            return True
         if _absent(folder):
             return False
         hint = "use another --work-dir, or move the folder away"
@@ -601,6 +731,13 @@ class Comparison:
         from collab_llm.fingerprint import check_cf_matches_split
 
         folder = self.cf_dir
+        if self.cf_model is not None:  # the user's CF model: checked against the split, never trained here
+            problem = is_cf_export(folder) if folder.is_dir() else "is not a folder"
+            if problem is not None:
+                raise UserError(f"--cf-model {folder}: {problem}; pass a folder written by collab-llm cf fit --export_dir")
+            model = CFModel.from_pretrained(folder)  # verifies the checksums
+            check_cf_matches_split(folder, model.n_items, model.made_from, self.split_dir)
+            return True
         if _absent(folder):
             return False
         problem = "is a symbolic link" if folder.is_symlink() else is_cf_export(folder)
@@ -622,28 +759,36 @@ class Comparison:
 
         The report folder is locked meanwhile (:func:`collab_llm.io.output_lock`): a second compare into
         it is refused, naming this one's process."""
+        from collab_llm.console import quiet_known_noise
         from collab_llm.io import output_lock
 
+        quiet_known_noise()
         with output_lock(self.report_dir, command="collab-llm compare"):
             return self._run()
 
     def _run(self) -> Path:
+        from collab_llm.console import StageClock, duration
+
         for method in self.methods:  # before any work: a finished run of another seed / budget / backbone
             self.finished(method, early=True)
+        clock = StageClock(self.methods, self.log, kind=lambda m: "CF" if m == self.spec.cf_method else "LLM")
         self.prepare()
+        self.log(f"[compare] split and CF model ready (elapsed {duration(clock.clock() - clock.start)})")
         test_rows = self.test_rows()
-        for method in self.methods:
+        for method in self.methods:  # methods run in order: a preference stage after its start
             result_path = self.run_dir(method) / "result.json"
             if self.finished(method):
-                self.log(f"[compare] {method}: already finished ({result_path}), skipped")
+                clock.skipped(method, f"already finished ({result_path}), skipped")
                 self.skipped.append(method)
                 continue
+            clock.started(method)
             torch.manual_seed(self.seed)
             result = self.run_cf_alone() if method == self.spec.cf_method else self.run_llm(method)
             result["profile"] = asdict(self.profile)
             result["fingerprint"] = self.run_fingerprint(method)
             result["n_test_rows"] = len(test_rows)
             write_json(result_path, result)
+            clock.finished(method)
         return self.write()
 
     def write(self) -> Path:
@@ -654,8 +799,9 @@ class Comparison:
             curve = json.loads(path.read_text()).get("loss_curve") or []
             if curve:
                 curves[m] = [tuple(x) for x in curve]
+        words = f", item wording `{self.item_word}`" if self.item_word is not None else ""
         pre = (f"Protocol `{self.protocol}` ({self.spec.split_name}), profile `{self.profile.name}` "
-               f"({self.profile}), seed {self.seed}. {INTERVALS}")
+               f"({self.profile}), seed {self.seed}{words}. {INTERVALS}")
         path = write_report(records, self.report_dir, curves, title=f"collab-llm: {self.protocol}", preamble=pre)
         self.log("\n" + markdown_table(records) + differences_table(records))
         self.log(f"[compare] report: {path}")
@@ -683,9 +829,15 @@ def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", nargs="+", choices=sorted(PROTOCOLS), default=["nextitem"],
+    p.add_argument("--protocol", nargs="+", choices=sorted(PROTOCOLS), default=None,
                    help="one protocol, or several: each runs into <report-dir>/<protocol>/ and a combined "
-                        "report is written in <report-dir>")
+                        "report is written in <report-dir> (default: nextitem; with --data: the split's)")
+    p.add_argument("--data", default=None,
+                   help="a prepared split of any dataset (collab-llm prepare --interactions FILE --items FILE "
+                        "--protocol loo|llara|collm|tallrec --out DIR) instead of the protocol's MovieLens preset")
+    p.add_argument("--cf-model", default=None,
+                   help="a CF model trained on that split (collab-llm cf fit --export_dir DIR; next-item: sasrec, "
+                        "Yes/No: mf); default: compare trains the protocol's CF config into <work-dir>/cf")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head head_l4; "
                         "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
@@ -694,24 +846,45 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
     p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")
     p.add_argument("--work-dir", default="work", help="prepared splits and CF models (shared by comparisons)")
-    p.add_argument("--report-dir", default=None, help="default: reports/<protocol>-<profile>")
+    p.add_argument("--item-word", choices=sorted(WORDINGS), default=None,
+                   help="how the prompts name items (movie: the templates' MovieLens wording; book, product, item); "
+                        "default: movie on the presets, item with --data")
+    p.add_argument("--report-dir", default=None, help="default: reports/<protocol or --data folder name>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the command behind each method (the profile's budget spelled out) and run nothing")
     p.add_argument("--export", default=None,
                    help="also copy the report's files (results.md/.csv/.json, PNGs; no runs, no weights) here")
     return p
 
 
+def _protocols(ns: argparse.Namespace) -> list[str]:
+    """``--protocol`` as given, else the ``--data`` split's, else ``nextitem``."""
+    from collab_llm.errors import UserError
+
+    if ns.data is None:
+        return ns.protocol or ["nextitem"]
+    task = split_task(Path(ns.data))
+    if ns.protocol not in (None, [task]):
+        raise UserError(f"--protocol {' '.join(ns.protocol)}: --data {ns.data} is one {task} split (leave --protocol out)")
+    return [task]
+
+
 def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir: Path | None = None) -> Comparison:
-    protocol = protocol or ns.protocol[0]
+    protocol = protocol or _protocols(ns)[0]
     profile = PROFILES[ns.profile].for_protocol(protocol)
     if ns.llm_steps is not None:
         profile = replace(profile, llm_steps=ns.llm_steps)
     if ns.test_rows is not None:
         profile = replace(profile, test_rows=ns.test_rows)
     methods = ns.methods or list(PROTOCOLS[protocol].default_methods)
-    report = report_dir or Path(ns.report_dir or f"reports/{protocol}-{profile.name}")
-    return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed)
+    name = Path(ns.data).resolve().name if ns.data is not None else protocol
+    report = report_dir or Path(ns.report_dir or f"reports/{name}-{profile.name}")
+    item_word = ns.item_word or ("item" if ns.data is not None else None)
+    return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
+                      item_word=item_word, data=None if ns.data is None else Path(ns.data),
+                      cf_model=None if ns.cf_model is None else Path(ns.cf_model))
 
 
 def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str) -> Path:
@@ -784,6 +957,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser("collab-llm compare")
     ns = parser.parse_args(argv)
     start = time.perf_counter()
+    ns.protocol = _protocols(ns)
+    if ns.cf_model is not None and len(ns.protocol) > 1:
+        parser.error("--cf-model applies to one protocol")
+    if ns.dry_run:
+        if ns.methods is not None and len(ns.protocol) > 1:
+            parser.error("--methods applies to one protocol; with several, each runs its default methods")
+        for protocol in ns.protocol:
+            print("\n".join(_comparison(ns, protocol).commands()), flush=True)
+        return 0
     if len(ns.protocol) == 1:
         comps = [_comparison(ns)]
         comps[0].run()
@@ -815,6 +997,9 @@ def main_job(argv: Sequence[str] | None = None) -> int:
     """``collab-llm main``: the quick next-item comparison on MovieLens-100K with SmolLM2-135M."""
     ns = _parser("collab-llm main").parse_args(argv)
     comp = _comparison(ns)
+    if ns.dry_run:
+        print("\n".join(comp.commands()), flush=True)
+        return 0
     print(
         f"collab-llm main: next-item comparison on MovieLens-100K (leave-one-out, 20 candidates) with "
         f"SmolLM2-135M on the CPU: {', '.join(comp.methods)}; profile '{comp.profile.name}' "

@@ -209,7 +209,12 @@ def check_cf_folder(cf_dir: str | os.PathLike, split_dir: str | os.PathLike) -> 
 
 # ------------------------------------------------------------------------------------------ backbones
 def backbone_fingerprint(path: str | os.PathLike) -> dict[str, str | None]:
-    """``{"path", "config_sha256"}`` of an HF model folder (the hash of its ``config.json``; None for a hub id)."""
+    """``{"path", "config_sha256"}`` of an HF model folder (the hash of its ``config.json``; None for a hub id);
+    ``"default"`` is the default backbone's folder (:func:`collab_llm.assets.resolve_backbone`)."""
+    from collab_llm.assets import DEFAULT, resolve_backbone
+
+    if str(path) == DEFAULT:
+        path = resolve_backbone(path)
     config = Path(path) / "config.json"
     digest = None
     if config.is_file():

@@ -31,15 +31,24 @@ class CollabLLMCLI(LightningCLI):
         parser.link_arguments("model.init_args.template", "data.template")
 
     def before_instantiate_classes(self) -> None:
-        """Before the backbone loads or the trainer writes anything: refuse a CF model whose item catalogue
-        is not the data split's (both folders named; :func:`collab_llm.fingerprint.check_cf_folder`)."""
+        """Before the backbone loads or the trainer writes anything: ``backbone_path: default`` becomes the default
+        backbone's folder in the cache (:func:`collab_llm.assets.resolve_backbone`; missing: one line naming
+        ``--model.backbone_path``), so checkpoints record the folder; refuse a CF model whose item catalogue is
+        not the data split's (both folders named; :func:`collab_llm.fingerprint.check_cf_folder`)."""
+        from collab_llm.assets import DEFAULT, resolve_backbone
         from collab_llm.fingerprint import check_cf_folder
 
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         try:
+            backbone = config.get("model.init_args.backbone_path")
             cf_dir, data_dir = config.get("model.init_args.cf_model_path"), config.get("data.data_dir")
         except (AttributeError, KeyError, TypeError):
             return
+        if backbone is not None and str(backbone) == DEFAULT:
+            folder = resolve_backbone(backbone)
+            config["model.init_args.backbone_path"] = folder
+            if config.get("data.tokenizer_path") is not None and str(config.get("data.tokenizer_path")) == DEFAULT:
+                config["data.tokenizer_path"] = folder
         if cf_dir and data_dir:
             check_cf_folder(cf_dir, data_dir)
 
@@ -53,7 +62,9 @@ def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMC
     import sys
 
     from collab_llm.config_guard import check_class_paths
+    from collab_llm.console import quiet_known_noise
 
+    quiet_known_noise()  # Lightning's litlogger tip, deprecations inside the libraries (collab_llm.console)
     check_class_paths(sys.argv[1:] if argv is None else argv)  # only the project's (and torch/Lightning's) classes
     return CollabLLMCLI(
         CollabLLM,

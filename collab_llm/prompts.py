@@ -12,6 +12,13 @@ A template file (add one without touching code; see the shipped ones) has the ke
     answer_prefix: " "             # text between the prompt and the answer ("Answer: Yes")
     answer_yes: "Yes"              # yes_no only: the answer words (YAML 1.1 reads a bare
     answer_no: "No"                # `yes:` key as a boolean, hence the prefix)
+    wording: movie                 # the default item wording (:data:`WORDINGS`), if the prompts use it
+
+Item wording: a template written for any domain says ``${item}`` / ``${items}`` ("movie" / "movies"),
+``${consumed}`` ("watched") and ``${consume}`` ("watch") where a domain's words go; its ``wording`` key
+picks the default, and a template name ``<name>@<wording>`` (``llara_movielens@book``, also through
+``--model.template``) another one of :data:`WORDINGS`: movie, book, product, item. The shipped
+templates render exactly their MovieLens prompts by default.
 
 Prompt fields: ``{history}`` (chronological item list), ``{candidates}`` and ``{n_candidates}``
 (next_item), ``{target}`` (title of the item asked about; yes_no), ``{liked}`` / ``{disliked}``
@@ -29,7 +36,7 @@ the tokenized prompt read row-major.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -50,7 +57,28 @@ _FIELDS: dict[str, set[str]] = {
     "yes_no": {"history", "target", "liked", "disliked"},
 }
 _KEYS_REQUIRED = {"name", "task", "text", "hybrid"}
-_KEYS_OPTIONAL = {"item_text", "item_hybrid", "separator", "answer_prefix", "answer_yes", "answer_no"}
+_KEYS_OPTIONAL = {"item_text", "item_hybrid", "separator", "answer_prefix", "answer_yes", "answer_no", "wording"}
+
+
+@dataclass(frozen=True)
+class ItemWording:
+    """A domain's words in a prompt: ``${item}``, ``${items}``, ``${consumed}``, ``${consume}``."""
+
+    item: str
+    items: str
+    consumed: str
+    consume: str
+
+
+WORDINGS: dict[str, ItemWording] = {
+    "movie": ItemWording("movie", "movies", "watched", "watch"),
+    "book": ItemWording("book", "books", "read", "read"),
+    "product": ItemWording("product", "products", "bought", "buy"),
+    "item": ItemWording("item", "items", "interacted with", "interact with"),
+}
+#: separates a template name from a wording: ``llara_movielens@book``
+WORDING_SEPARATOR = "@"
+_WORDED_KEYS = ("text", "hybrid", "item_text", "item_hybrid")
 
 
 @dataclass(frozen=True)
@@ -113,13 +141,26 @@ def _field_names(fmt: str, where: str) -> set[str]:
 
 
 def load_template(name_or_path: str | Path) -> PromptTemplate:
-    """Load a template by name (``collab_llm/templates/<name>.yaml``) or from a YAML path."""
+    """Load a template by name (``collab_llm/templates/<name>.yaml``) or from a YAML path, either optionally
+    followed by ``@<wording>`` (:data:`WORDINGS`; the module docstring)."""
+    name_or_path, wording = split_wording(str(name_or_path))
+    path = _template_path(name_or_path)
+    data = _read_template(path)
+    return PromptTemplate(source=str(path), **apply_wording(data, wording, path))
+
+
+def _template_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = TEMPLATE_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"prompt template {str(name_or_path)!r} not found at {path}; shipped: {known}")
+    return path
+
+
+def _read_template(path: Path) -> dict[str, str]:
+    """A template file's keys, checked (strings only, known keys)."""
     with open(path) as handle:
         data = yaml.safe_load(handle)
     if not isinstance(data, dict):
@@ -133,7 +174,51 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
             raise ValueError(f"{path}: key {key!r} is not a string (YAML reads bare yes/no/on/off as booleans)")
         if not isinstance(value, str):
             raise ValueError(f"{path}: key {key!r} must be a string, got {type(value).__name__}")
-    return PromptTemplate(source=str(path), **data)
+    return data
+
+
+def split_wording(name: str) -> tuple[str, str | None]:
+    """``"llara_movielens@book"`` -> ``("llara_movielens", "book")``; no ``@``: ``(name, None)``."""
+    base, sep, wording = name.rpartition(WORDING_SEPARATOR)
+    if not sep or not base:
+        return name, None
+    if wording not in WORDINGS:
+        raise ValueError(f"template {name!r}: unknown item wording {wording!r}; expected one of {sorted(WORDINGS)}")
+    return base, wording
+
+
+def with_wording(template: str, wording: str | None) -> str:
+    """The template name ``template`` with item wording ``wording`` (``None``, or a template whose prompts name
+    no domain (no ``wording`` key): as given)."""
+    base = split_wording(template)[0]
+    if wording is None or "wording" not in _read_template(_template_path(base)):
+        return template
+    if wording not in WORDINGS:
+        raise ValueError(f"unknown item wording {wording!r}; expected one of {sorted(WORDINGS)}")
+    return f"{split_wording(template)[0]}{WORDING_SEPARATOR}{wording}"
+
+
+def apply_wording(data: dict[str, str], wording: str | None, path: Path | str) -> dict[str, str]:
+    """A template file's keys with ``${item}``-style words filled in (``wording``, else the file's ``wording``)."""
+    data = dict(data)
+    default = data.pop("wording", None)
+    chosen = wording or default
+    if chosen is None:  # a template without wording: its text as written
+        return data
+    uses = any("$" in data.get(k, "") for k in _WORDED_KEYS)
+    if chosen not in WORDINGS:
+        raise ValueError(f"{path}: unknown item wording {chosen!r}; expected one of {sorted(WORDINGS)}")
+    if not uses:
+        raise ValueError(f"{path}: has no item wording fields (${{item}}, ...); it cannot be worded {chosen!r}")
+    words = asdict(WORDINGS[chosen])
+    for key in _WORDED_KEYS:
+        if key in data:
+            try:
+                data[key] = string.Template(data[key]).substitute(words)
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"{path}: {key}: bad item wording field {err}; known: "
+                                 f"{sorted('${' + w + '}' for w in words)}") from err
+    return data
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ Sections:
 - ``full_profile``: ``results/results.json`` + ``results/run_info.json`` (``collab-llm compare --profile
   full ... --export results``): every method's metrics and paired differences to TALLRec.
 - ``main_job``: ``results/main_job/`` (``collab-llm main --export results/main_job``).
+- ``own_data``: ``results/own_data_planted/`` (``collab-llm compare --data <planted split> --export ...``): the
+  "Your own data" commands, timed on the planted dataset.
 - ``injection_planted_l4``, ``length_grouping``, ``sdpo_step``: the benches' ``--out`` files;
   ``sdpo_ml100k``: ``results/sdpo_ml100k/`` (``compare --methods X X+sdpo --export`` + ``stage_stats.json``).
 
@@ -346,6 +348,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "sdpo_ml100k": ("results/sdpo_ml100k/results.json", lambda recs, root: render_preference(recs, root, "results/sdpo_ml100k")),
     "full_profile": ("results/results.json", _comparison_section("results")),
     "main_job": ("results/main_job/results.json", _comparison_section("results/main_job")),
+    "own_data": ("results/own_data_planted/results.json", _comparison_section("results/own_data_planted")),
 }
 
 

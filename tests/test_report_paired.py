@@ -1,7 +1,7 @@
 """Paired differences to TALLRec in the compare report, and the Yes/No score direction through compare.
 
 The Yes/No tests pin the *direction* of the scores on both of compare's paths: the CF model alone
-(``cf_alone_estimates``: MF pair scores) and the LLM runs (``run_llm``: P(Yes) of the run's
+(``cf_alone_run``: MF pair scores) and the LLM runs (``run_llm``: P(Yes) of the run's
 predictions). Replacing a score ``s`` by ``1 - s`` (or ``-s``) anywhere on them makes them fail.
 The LLM itself is replaced by a stand-in whose predictions are known (the module's own P(Yes) is
 tested in test_llm_module.py), so these run in seconds.
@@ -117,10 +117,16 @@ def test_yesno_llm_auc_is_the_auc_of_p_yes_and_paired_to_tallrec(tmp_path, monke
             metrics.uauc(pred["user"], pred["label"], pred["score"])[0])
     assert aucs["collm"] > aucs["tallrec"]
 
-    # the paired difference to TALLRec: collm only (TALLRec is the baseline; MF keeps no predictions)
+    # the paired differences to TALLRec (the baseline): the CF model alone, scored on the same rows (its
+    # predictions file pairs with the LLM runs' row by row), and collm
     diffs = [r for r in records if report.is_difference(r)]
-    assert [(r["method"], r["metric"]) for r in diffs] == [("collm", "diff_vs_tallrec_auc")]
-    d = diffs[0]
+    assert [(r["method"], r["metric"]) for r in diffs] == [("mf", "diff_vs_tallrec_auc"), ("collm", "diff_vs_tallrec_auc")]
+    mf = pd.read_parquet(json.loads((comp.run_dir("mf") / "result.json").read_text())["predictions"])
+    assert mf["user"].tolist() == pd.read_parquet(
+        json.loads((comp.run_dir("tallrec") / "result.json").read_text())["predictions"])["user"].tolist()
+    assert diffs[0]["value"] == pytest.approx(metrics.auc(mf["label"], mf["score"]) - aucs["tallrec"])
+    assert by_key[("mf", "all", "auc")]["value"] == pytest.approx(metrics.auc(mf["label"], mf["score"]))
+    d = diffs[1]
     assert d["value"] == pytest.approx(aucs["collm"] - aucs["tallrec"])
     assert d["ci_low"] <= d["value"] <= d["ci_high"] and d["resampled"] == "users" and d["n_test"] == 2 * N_USERS
     md = path.read_text()
