@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+from collab_llm.faults import kill_point
 from collab_llm.fingerprint import verify_split
 from collab_llm.prompts import Mode, Task, load_template
 
@@ -125,6 +126,7 @@ class ResumableLoader(DataLoader):
         sampler.skip = done * int(self.batch_size or 1)
         self._position = {"epoch": epoch, "batches": done}
         for batch in super().__iter__():
+            kill_point("train_batch")  # kill -9 tests only (collab_llm.faults)
             done += 1
             self._position = {"epoch": epoch, "batches": done}
             yield batch

@@ -519,3 +519,51 @@ def test_a_legacy_cf_export_with_metrics_counts_as_finished(tmp_path: Path) -> N
     assert is_finished_export(folder)
     edit_json(folder / "config.json", files={"model.safetensors": "0" * 64})  # a checksummed export without metrics
     assert not is_finished_export(folder)
+
+
+def test_kill_9_of_prepare_while_writing_or_replacing_then_rerun_gives_the_same_split(base: Path, tmp_path: Path) -> None:
+    """``collab-llm prepare`` killed with its tables written in the temporary folder (not renamed yet), and an
+    ``--overwrite`` killed between its two renames (the old split moved aside, the new one not in place):
+    the same command again writes the uninterrupted split (same fingerprint) and leaves nothing else."""
+    from test_kill9 import debris, run_killed
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "inter.csv").write_text(GOOD_INTER)
+    (tmp_path / "in" / "items.csv").write_text(GOOD_ITEMS)
+    argv = ["prepare", "--interactions", str(tmp_path / "in" / "inter.csv"), "--items", str(tmp_path / "in" / "items.csv"),
+            "--protocol", "loo", "--n-candidates", "3", "--out", str(tmp_path / "split")]
+    expected = split_sha256(base / "splitA")
+    run_killed(argv, "atomic_dir:written", tmp_path)
+    assert not (tmp_path / "split").exists() and debris(tmp_path)  # a temp folder and the lock of a dead process
+    assert cli_main(argv) == 0
+    assert split_sha256(tmp_path / "split") == expected and debris(tmp_path) == []
+
+    run_killed([*argv, "--overwrite"], "atomic_dir:moved_aside", tmp_path)
+    assert not (tmp_path / "split").exists() and [p for p in debris(tmp_path) if ".old-" in p]
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert split_sha256(tmp_path / "split") == expected and debris(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "split"]
+
+
+def test_kill_9_of_cf_fit_during_its_export_then_rerun_gives_the_uninterrupted_export(base: Path, tmp_path: Path) -> None:
+    """``collab-llm cf fit`` killed during its export (weights, ``metrics.json`` and ``config.json`` written in the
+    temporary folder, nothing renamed): no export exists, and the same command again exports the uninterrupted
+    run's weights and test metrics, taking the dead process's lock over and leaving nothing behind."""
+    from safetensors.torch import load_file
+    from test_kill9 import debris, run_killed
+
+    from cf_models.base import is_finished_export
+
+    _copy_base(base, tmp_path, ["splitA"])
+    argv = _argv(tmp_path, CF_FIT)
+    run_killed(argv, "atomic_dir:written", tmp_path)
+    assert not (tmp_path / "out").exists()
+    left = debris(tmp_path)
+    assert ".out.lock" in left and any(p.startswith(".out.tmp-") for p in left)
+    assert cli_main(argv) == 0
+    assert is_finished_export(tmp_path / "out") and debris(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "splitA"]
+    metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (base / "cf", tmp_path / "out")]
+    assert metrics[0] == metrics[1]
+    weights = [load_file(d / "model.safetensors") for d in (base / "cf", tmp_path / "out")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
