@@ -169,8 +169,10 @@ COMPARE = ["compare", "--protocol", "nextitem", "--methods", "sasrec", "--profil
 
 
 def _with(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with the value after ``flag`` replaced (a flag whose value is ``flag`` itself: that value)."""
     out = list(argv)
-    out[out.index(flag) + 1] = value
+    i = out.index(flag)
+    out[i + 1 if flag.startswith("-") else i] = value
     return out
 
 
@@ -269,6 +271,43 @@ CASES: list[Case] = [
     Case("config: --data given as a file naming another class", ["cf", "fit", "--config", SASREC, "--data", "{t}/data.yaml"],
          [r"data\.yaml: key 'data\.class_path' names class 'os\.remove'"],
          lambda t: (t / "data.yaml").write_text("class_path: os.remove\ninit_args: {path: x}\n")),
+    # sub-config files: a value naming a .yaml/.json file is that part of the config (jsonargparse)
+    Case("config: model given as a file inside a --config", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"sub/model\.yaml: key 'model\.class_path' names class 'os\.system', which configs may not import"],
+         lambda t: (sub_config(t, "sub/model.yaml", "class_path: os.system\n"),
+                    write_config(t, lambda c: c.update(model="sub/model.yaml")))),
+    Case("config: callback list item given as a file", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"sub/cb\.yaml: key 'trainer\.callbacks\[2\]\.class_path' names class 'shutil\.rmtree'"],
+         lambda t: (sub_config(t, "sub/cb.yaml", "class_path: shutil.rmtree\ninit_args: {path: /}\n"),
+                    write_config(t, lambda c: c["trainer"]["callbacks"].append("sub/cb.yaml")))),
+    Case("config: a sub-config naming another, relative to its own folder", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"sub/inner\.yaml: key 'model\.init_args\.loss\.class_path' names class 'os\.system'"],
+         lambda t: (sub_config(t, "sub/model.yaml", "class_path: cf_models.training.SASRecTask\ninit_args: inner.yaml\n"),
+                    sub_config(t, "sub/inner.yaml", "loss: {class_path: os.system}\n"),
+                    write_config(t, lambda c: c.update(model="sub/model.yaml")))),
+    Case("config: --trainer given as a file", ["cf", "fit", "--config", SASREC, "--trainer", "{t}/trainer.yaml"],
+         [r"trainer\.yaml: key 'trainer\.logger\.class_path' names class 'os\.system'"],
+         lambda t: sub_config(t, "trainer.yaml", "logger: {class_path: os.system}\n")),
+    Case("config: --model.init_args.<group> given as a file", ["fit", "--config", "{t}/evil.yaml",
+                                                               "--model.init_args.adapter", "{t}/adapter.yaml"],
+         [r"adapter\.yaml: key 'model\.init_args\.adapter\.class_path' names class 'subprocess\.Popen'"],
+         lambda t: (sub_config(t, "adapter.yaml", "class_path: subprocess.Popen\n"),
+                    write_config(t, lambda c: None))),
+    Case("config: short-form class name in a config file", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"evil\.yaml: key 'trainer\.callbacks\[2\]' names class 'builtins\.exec'"],
+         lambda t: write_config(t, lambda c: c["trainer"]["callbacks"].append("builtins.exec"))),
+    Case("config: a file naming itself", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"evil\.yaml: key 'trainer\.callbacks\[3\]\.class_path' names class 'os\.system'"],
+         lambda t: write_config(t, lambda c: c["trainer"]["callbacks"].extend(["evil.yaml", {"class_path": "os.system"}]))),
+    # --- wrong flags found by a new-user sweep ----------------------------------------------------------------
+    Case("cf fit: --data.init_args.split_dir not a split", _with(CF_FIT, "--data.init_args.split_dir", "{t}/nosplit"),
+         [r"nosplit: not a prepared split \(manifest\.json missing\); create it with `collab-llm prepare .*"
+          r"--data\.init_args\.split_dir"], needs=[]),
+    Case("compare: unknown method", _with(COMPARE, "sasrec", "nope"),
+         [r"--methods: protocol 'nextitem' has no method\(s\) \['nope'\]; known: "], needs=[]),
+    Case("compare: preference stage before its start", _with(COMPARE, "sasrec", "llara+sdpo"),
+         [r"'llara\+sdpo' starts from the finished 'llara' run of this report: list 'llara' before it in --methods"],
+         needs=[]),
     Case("config: not YAML", ["cf", "fit", "--config", "{t}/evil.yaml"], [r"evil\.yaml: not a readable YAML config"],
          lambda t: (t / "evil.yaml").write_text("model: [unclosed\n")),
     # --- compare: runs keyed by fingerprint ------------------------------------------------------------------
@@ -326,6 +365,11 @@ def write_config(t: Path, change: Callable[[dict], None]) -> None:
     (t / "evil.yaml").write_text(yaml.safe_dump(config))
 
 
+def sub_config(t: Path, name: str, text: str) -> None:
+    (t / name).parent.mkdir(parents=True, exist_ok=True)
+    (t / name).write_text(text)
+
+
 def edit_cf_made_from(folder: Path, **changes: object) -> None:
     """Re-save a CF export with other ``made_from`` fields (checksums stay valid: it is written again)."""
     cf = CFModel.from_pretrained(folder)
@@ -381,6 +425,22 @@ def test_clean_artifacts_verify_and_record_what_they_were_made_from(base: Path, 
     assert "adapter/adapter_model.safetensors" in bundle["files"] and "bundle.json" not in bundle["files"]
     manifest = json.loads((base / "splitA" / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"train.parquet", "valid.parquet", "test.parquet", "items.parquet"}
+
+
+def test_sub_config_files_of_project_classes_pass_the_guard(tmp_path: Path, monkeypatch) -> None:
+    """The accepted side of the sub-config cases: nested files naming only allowed classes, a short-form
+    allowed class, a value that is an existing dotted path, and the shipped configs."""
+    from collab_llm.config_guard import check_class_paths
+
+    monkeypatch.chdir(tmp_path)
+    sub_config(tmp_path, "sub/model.yaml", "class_path: cf_models.training.SASRecTask\ninit_args: inner.yaml\n")
+    sub_config(tmp_path, "sub/inner.yaml", "hidden_size: 8\n")
+    sub_config(tmp_path, "main.yaml", "model: sub/model.yaml\ntrainer:\n  callbacks: [lightning.pytorch.callbacks.EarlyStopping]\n")
+    (tmp_path / "cf.sasrec").mkdir()
+    check_class_paths(["--config", SASREC, "--config", "main.yaml", "--trainer.callbacks+", "sub/model.yaml",
+                       "--model.init_args.cf_model_path", "cf.sasrec", "--model", "collab_llm.module.CollabLLM"])
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
+        check_class_paths(["--config", str(config)])
 
 
 def test_allow_mismatch_env_proceeds(base: Path, tmp_path: Path, monkeypatch, capsys) -> None:
