@@ -273,27 +273,29 @@ class Comparison:
     log: Callable[[str], None] = print
 
     def __post_init__(self) -> None:
+        from collab_llm.errors import UserError  # wrong --protocol / --methods: one line, exit 2
+
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
+            raise UserError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
         spec = PROTOCOLS[self.protocol]
         known = {spec.cf_method, *spec.llm_methods}
         unknown = [m for m in self.methods if split_method(m)[0] not in known]
         if unknown:
-            raise ValueError(f"protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)} "
-                             f"(and <method>+{'|'.join(PREFERENCE_STAGES)} after an LLM method)")
+            raise UserError(f"--methods: protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)} "
+                            f"(and <method>+{'|'.join(PREFERENCE_STAGES)} after an LLM method)")
         self.spec = spec
         for i, method in enumerate(self.methods):
             start, stage = split_method(method)
             if stage is None:
                 continue
             if stage not in PREFERENCE_STAGES or start not in spec.llm_methods or self.protocol != "nextitem":
-                raise ValueError(f"{method!r}: a preference stage is <next-item LLM method>+<"
-                                 f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
+                raise UserError(f"{method!r}: a preference stage is <next-item LLM method>+<"
+                                f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
             if self.model_setting(start, "scorer") == "head":
-                raise ValueError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
+                raise UserError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
             if start not in self.methods[:i]:
-                raise ValueError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
-                                 f"before it in --methods")
+                raise UserError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
+                                f"before it in --methods")
         self.profile = self.profile.for_protocol(self.protocol)
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)

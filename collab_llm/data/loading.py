@@ -81,8 +81,9 @@ def load_split(folder: str | Path) -> PreparedSplit:
     path = folder / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
-            f"{folder}: not a prepared split ({MANIFEST} missing); create it with collab_llm.data.prepare_* "
-            "(an interrupted run leaves no folder at all, so this folder came from elsewhere)"
+            f"{folder}: not a prepared split ({MANIFEST} missing); create it with `collab-llm prepare ... --out "
+            f"{folder}` or give another split folder (cf: --data.init_args.split_dir, fit: --data.data_dir; an "
+            "interrupted prepare leaves no folder at all, so this folder came from elsewhere)"
         )
     from collab_llm.fingerprint import read_json
 
