@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+from collab_llm.errors import UserError
 from collab_llm.faults import kill_point
 from collab_llm.fingerprint import verify_split
 from collab_llm.prompts import Mode, Task, load_template
@@ -108,10 +109,17 @@ class ResumableLoader(DataLoader):
     skips the same number of batches of its own shard, which is where an uninterrupted run would be.
     ``len()`` stays the full epoch's: Lightning counts the batches already done from its own state.
     The epoch is read when the first batch is drawn, after Lightning's ``set_epoch``.
+
+    ``done_in_epoch`` (the datamodule's: Lightning's count of this epoch's finished batches while fitting,
+    else ``None``) is compared with the batches skipped: a checkpoint taken mid-epoch without a loader
+    position (written before it was recorded) cannot resume exactly and is refused
+    (:class:`~collab_llm.errors.UserError` naming it and what to do).
     """
 
-    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int, **kwargs: Any) -> None:
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int,
+                 done_in_epoch: Callable[[], tuple[int, str] | None] | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self.done_in_epoch = done_in_epoch
         self._position: dict[str, int] = {}
         self._resume_at: dict[str, int] = {}
 
@@ -123,6 +131,13 @@ class ResumableLoader(DataLoader):
         epoch = int(sampler.epoch)
         done = self._resume_at.get("batches", 0) if self._resume_at.get("epoch") == epoch else 0
         self._resume_at = {}
+        expected = self.done_in_epoch() if self.done_in_epoch is not None else None
+        if expected is not None and expected[0] != done:
+            raise UserError(
+                f"{expected[1]}: a checkpoint taken {expected[0]} batches into epoch {epoch} that does not record "
+                "where the training loader was (written by an older collab-llm), so resuming it would train on "
+                "other batches than an uninterrupted run; resume from an end-of-epoch checkpoint (--ckpt_path) "
+                "or train from the start")
         sampler.skip = done * int(self.batch_size or 1)
         self._position = {"epoch": epoch, "batches": done}
         for batch in super().__iter__():
@@ -268,9 +283,10 @@ class RecDataModule(L.LightningDataModule):
                                                self.length_megabatch, num_replicas=world, rank=rank, seed=self.seed)
             else:
                 sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=self.seed)
-            loader = ResumableLoader(ds, sampler, self.batch_size, collate_fn=self.collator,
+            loader = ResumableLoader(ds, sampler, self.batch_size, self._done_in_epoch, collate_fn=self.collator,
                                      num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
             loader.load_state_dict(self._train_position)
+            self._train_position = {}  # handed over once
             self._train_loader = loader
             return loader
         return DataLoader(
@@ -281,6 +297,14 @@ class RecDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _done_in_epoch(self) -> tuple[int, str] | None:
+        """While fitting: Lightning's count of the current epoch's finished batches (restored from a checkpoint
+        on resume) and the checkpoint's path; else ``None``."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready), str(trainer.ckpt_path)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -16,6 +16,7 @@ from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noq
 
 from collab_llm import metrics  # noqa: E402
 from collab_llm.datamodule import RecDataModule  # noqa: E402
+from collab_llm.errors import UserError  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
 
 torch.set_num_threads(1)
@@ -363,3 +364,11 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, step, group_by_le
     got, expected = resumed.trainable_state(), full.trainable_state()
     for k in expected:
         assert torch.equal(got[k], expected[k]), k
+    # the same checkpoint as an older collab-llm wrote it (no loader position): refused, not resumed inexactly
+    old = torch.load(path, map_location="cpu", weights_only=False)
+    old.pop("RecDataModule")
+    old["loops"]["fit_loop"]["state_dict"].pop("combined_loader")
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match=rf"old\.ckpt: a checkpoint taken {step % 4} batches into epoch {step // 4} that "
+                                        r"does not record where the training loader was .* end-of-epoch checkpoint"):
+        run(ckpt_path=str(tmp_path / "old.ckpt"))
