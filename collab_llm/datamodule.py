@@ -40,6 +40,13 @@ def sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame.iloc[chosen].reset_index(drop=True)
 
 
+def check_batch_sizes(batch_size: int, eval_batch_size: int) -> None:
+    """Refuse a batch size below 1 (:class:`~collab_llm.errors.UserError` naming the flags)."""
+    if batch_size < 1 or eval_batch_size < 1:
+        raise UserError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size} "
+                        "(--data.batch_size, --data.eval_batch_size)")
+
+
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (``shuffle=True``, padded, seeded by ``(seed, epoch)``) whose next iteration can
     start after its first ``skip`` indices (a mid-epoch resume, :class:`ResumableLoader`); ``skip`` is reset
@@ -215,6 +222,7 @@ class RecDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.limit_rows = limit_rows
+        check_batch_sizes(batch_size, eval_batch_size)
         if test_sample is not None and test_sample < 1:
             raise ValueError(f"test_sample must be >= 1 or None, got {test_sample}")
         self.test_sample = test_sample

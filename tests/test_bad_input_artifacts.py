@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bad_input_prepare import GOOD_INTER, GOOD_ITEMS, assert_one_line_user_error, snapshot  # noqa: E402
-from test_llm_fixtures import make_backbone_dir, make_split  # noqa: E402
+from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
 from cf_models.base import CFModel  # noqa: E402
 from collab_llm import compare  # noqa: E402
@@ -308,6 +308,17 @@ CASES: list[Case] = [
     Case("compare: preference stage before its start", _with(COMPARE, "sasrec", "llara+sdpo"),
          [r"'llara\+sdpo' starts from the finished 'llara' run of this report: list 'llara' before it in --methods"],
          needs=[]),
+    Case("LLM fit: --ckpt_path not a checkpoint", [*LLM_FIT, "--ckpt_path", "{t}/notes.txt"],
+         [r"notes\.txt: not a checkpoint \(expected the torch archive a ModelCheckpoint writes.*--ckpt_path"],
+         lambda t: (t / "notes.txt").write_text("not a checkpoint\n"), needs=[]),
+    Case("LLM fit: --ckpt_path a folder", [*LLM_FIT, "--ckpt_path", "{t}/cf"],
+         [r"cf: a folder, not a checkpoint file \(--ckpt_path takes a \.ckpt file or 'last'\)"], needs=["cf"]),
+    Case("LLM fit: --data.batch_size 0", [*_with(LLM_FIT, "--model.cf_model_path", "{t}/cf-sasrec"), "--data.batch_size", "0"],
+         [r"batch sizes must be >= 1, got batch_size=0, eval_batch_size=\d+ \(--data\.batch_size, --data\.eval_batch_size\)"],
+         lambda t: (make_split(t, "next_item"), make_cf_dirs(t)), needs=["tiny-llama"]),
+    Case("verify: a split manifest without its tables", ["verify", "{t}/splitA"],
+         [r"splitA/manifest\.json: field 'tables' missing; expected a collab-llm split manifest .*collab-llm prepare"],
+         lambda t: drop_field(t / "splitA" / "manifest.json", "tables"), needs=["splitA"]),
     Case("config: not YAML", ["cf", "fit", "--config", "{t}/evil.yaml"], [r"evil\.yaml: not a readable YAML config"],
          lambda t: (t / "evil.yaml").write_text("model: [unclosed\n")),
     # --- compare: runs keyed by fingerprint ------------------------------------------------------------------
@@ -363,6 +374,12 @@ def write_config(t: Path, change: Callable[[dict], None]) -> None:
     config["data"]["init_args"]["split_dir"] = str(t / "splitA")
     change(config)
     (t / "evil.yaml").write_text(yaml.safe_dump(config))
+
+
+def drop_field(path: Path, key: str) -> None:
+    data = json.loads(path.read_text())
+    data.pop(key)
+    path.write_text(json.dumps(data))
 
 
 def sub_config(t: Path, name: str, text: str) -> None:
