@@ -19,7 +19,7 @@ from collab_llm.backbone import (
 )
 from collab_llm.collate import IGNORE_INDEX, PromptCollator, TableDataset
 from collab_llm.injection import SoftTokenInjector, scatter_soft_tokens
-from collab_llm.prompts import PromptTemplate, load_template, render
+from collab_llm.prompts import load_template, render
 from collab_llm.testing import tiny_causal_lm
 from projectors import LlaraMLP
 
