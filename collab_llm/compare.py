@@ -694,6 +694,16 @@ def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
 
 
 # ---------------------------------------------------------------------------------------- CLI
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -705,8 +715,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
                         "preference stage started from X's run)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
-    p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")
+    p.add_argument("--llm-steps", type=_positive_int, default=None, help="override the profile's LLM training steps")
+    p.add_argument("--test-rows", type=_positive_int, default=None, help="override the profile's number of test rows")
     p.add_argument("--work-dir", default="work", help="prepared splits and CF models (shared by comparisons)")
     p.add_argument("--report-dir", default=None, help="default: reports/<protocol>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")

@@ -444,6 +444,19 @@ def test_clean_artifacts_verify_and_record_what_they_were_made_from(base: Path, 
     assert set(manifest["files"]) >= {"train.parquet", "valid.parquet", "test.parquet", "items.parquet"}
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [("--test-rows", "0", "must be >= 1, got 0"),
+                                                        ("--llm-steps", "-2", "must be >= 1, got -2"),
+                                                        ("--test-rows", "ten", "expected a whole number >= 1, got 'ten'")])
+def test_compare_refuses_counts_below_one(tmp_path: Path, monkeypatch, capsys, flag: str, value: str, message: str) -> None:
+    """``compare --test-rows 0`` stacked an empty score list (a traceback); counts are checked by the parser."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", "--methods", "sasrec", "--profile", "smoke", flag, value])
+    assert exit_info.value.code == USER_ERROR_EXIT
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"collab-llm compare: error: argument {flag}: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sub_config_files_of_project_classes_pass_the_guard(tmp_path: Path, monkeypatch) -> None:
     """The accepted side of the sub-config cases: nested files naming only allowed classes, a short-form
     allowed class, a value that is an existing dotted path, and the shipped configs."""
