@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
-from collab_llm.errors import UserError
+from collab_llm.errors import UserError, require_at_least_one
 from collab_llm.faults import kill_point
 from collab_llm.fingerprint import verify_split
 from collab_llm.prompts import Mode, Task, load_template
@@ -42,9 +42,7 @@ def sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def check_batch_sizes(batch_size: int, eval_batch_size: int) -> None:
     """Refuse a batch size below 1 (:class:`~collab_llm.errors.UserError` naming the flags)."""
-    if batch_size < 1 or eval_batch_size < 1:
-        raise UserError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size} "
-                        "(--data.batch_size, --data.eval_batch_size)")
+    require_at_least_one({"--data.batch_size": batch_size, "--data.eval_batch_size": eval_batch_size})
 
 
 class ResumableSampler(DistributedSampler):

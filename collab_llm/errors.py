@@ -9,6 +9,8 @@ flag that changes the behaviour.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 USER_ERROR_EXIT = 2
 
 
@@ -31,3 +33,11 @@ def user_error_in(error: BaseException) -> "UserError | FileNotFoundError | None
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def require_at_least_one(values: Mapping[str, int]) -> None:
+    """Refuse counts below 1: ``values`` maps each flag (``--data.batch_size``) to its value; the
+    :class:`UserError` names every flag at fault and its value."""
+    bad = [f"{flag} must be >= 1, got {value}" for flag, value in values.items() if value < 1]
+    if bad:
+        raise UserError("; ".join(bad))
