@@ -8,8 +8,9 @@ calls ``set_epoch``), so resumed and DDP runs see the same order as uninterrupte
 a batch pads little (:class:`LengthGroupedSampler`; measured by ``bench/length_grouping.py``).
 
 A mid-epoch resume is exact: the training loader is a :class:`ResumableLoader`, whose position (epoch and
-batches handed out) Lightning stores in the checkpoint (``loops.fit_loop.state_dict.combined_loader``); the
-resumed epoch draws the same permutation and starts after those batches, on every DDP rank alike.
+batches handed out) the datamodule's ``state_dict`` puts in the checkpoint; the resumed epoch draws the same
+permutation and starts after those batches, on every DDP rank alike. A mid-epoch checkpoint without a
+position (an older one) is refused rather than resumed inexactly.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int,
-                 done_in_epoch: Callable[[], tuple[int, str] | None] | None = None, **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+                 done_in_epoch: Callable[[], tuple[int, str] | None] | None = None,
+                 collate_fn: Callable[[list[Any]], Any] | None = None, num_workers: int = 0) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                         num_workers=num_workers, persistent_workers=num_workers > 0)
         self.done_in_epoch = done_in_epoch
         self._position: dict[str, int] = {}
         self._resume_at: dict[str, int] = {}
@@ -289,8 +292,7 @@ class RecDataModule(L.LightningDataModule):
                                                self.length_megabatch, num_replicas=world, rank=rank, seed=self.seed)
             else:
                 sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=self.seed)
-            loader = ResumableLoader(ds, sampler, self.batch_size, self._done_in_epoch, collate_fn=self.collator,
-                                     num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            loader = ResumableLoader(ds, sampler, self.batch_size, self._done_in_epoch, self.collator, self.num_workers)
             loader.load_state_dict(self._train_position)
             self._train_position = {}  # handed over once
             self._train_loader = loader
