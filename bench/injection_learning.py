@@ -215,11 +215,13 @@ def train_cf(split: Path, config: Path, out: Path, seed: int, max_epochs: int | 
 
 @torch.no_grad()
 def cf_scores(cf_dir: Path, rows: pd.DataFrame, task: str) -> np.ndarray:
+    import importlib
+
     from cf_models.base import CFModel
     from cf_models.data import left_pad
 
-    import cf_models.mf  # noqa: F401  (registers the model types)
-    import cf_models.sasrec  # noqa: F401
+    for name in ("cf_models.mf", "cf_models.sasrec"):
+        importlib.import_module(name)  # registers the model types
 
     model = CFModel.from_pretrained(cf_dir).eval()
     if task == "next_item":

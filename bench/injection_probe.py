@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    import cf_models.sasrec  # noqa: F401
+    import importlib
+
     from cf_models.base import CFModel
+
+    importlib.import_module("cf_models.sasrec")  # registers the model type
     from collab_llm import scoring
     from collab_llm.assets import ensure_assets
     from collab_llm.backbone import load_backbone, mean_embedding_norm, resolve_dtype

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from collab_llm.data import load_split
+from collab_llm.errors import require_at_least_one
 from cf_models.evaluate import Evaluator, MultiRelevantEvaluator, NextItemEvaluator, YesNoEvaluator
 
 EvalStage = Literal["valid", "test"]
@@ -110,6 +111,7 @@ class CFDataModule(L.LightningDataModule):
 
     def __init__(self, split_dir: str, batch_size: int, eval_batch_size: int, seed: int, ks: Sequence[int]) -> None:
         super().__init__()
+        require_at_least_one({"--data.init_args.batch_size": batch_size, "--data.init_args.eval_batch_size": eval_batch_size})
         self.split = SplitFolder(split_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size

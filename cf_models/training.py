@@ -26,6 +26,7 @@ from cf_models.base import CFModel
 from cf_models.evaluate import Evaluator
 from cf_models.mf import MatrixFactorization, MFConfig
 from cf_models.sasrec import SASRec, SASRecConfig
+from collab_llm.errors import UserError, require_at_least_one
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -162,12 +163,18 @@ class SASRecTask(CFTask):
     ) -> None:
         super().__init__(lr, weight_decay, lr_schedule, warmup_steps, min_lr_ratio)
         self.save_hyperparameters()
+        require_at_least_one({f"--model.init_args.{k}": v for k, v in (
+            ("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads), ("max_len", max_len),
+            ("ffn_dim", ffn_dim))})
+        if hidden_size % num_heads:
+            raise UserError(f"--model.init_args.hidden_size ({hidden_size}) must be a multiple of "
+                            f"--model.init_args.num_heads ({num_heads})")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise UserError(f"--model.init_args.label_smoothing must be in [0, 1), got {label_smoothing}")
         if label_smoothing > 0 and loss != "ce":
-            raise ValueError(f"label_smoothing applies to loss='ce' only, got loss={loss!r}")
+            raise UserError(f"--model.init_args.label_smoothing applies to loss='ce' only, got loss={loss!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+            raise UserError(f"--model.init_args.ema_decay must be in [0, 1) or null, got {ema_decay}")
         self.loss_name = loss
         self.label_smoothing = label_smoothing
         self.ema_decay = ema_decay
@@ -258,6 +265,7 @@ class MFTask(CFTask):
     ) -> None:
         super().__init__(lr, weight_decay, lr_schedule, warmup_steps, min_lr_ratio)
         self.save_hyperparameters()
+        require_at_least_one({"--model.init_args.embedding_dim": embedding_dim})
         self.loss_name = loss
         self.l2_batch = l2_batch
         self.model = MatrixFactorization(MFConfig(

@@ -147,9 +147,12 @@ def verify(args: argparse.Namespace) -> int:
         load_split(path)
         kind, digest = "split", fp.split_sha256(path)
     elif (path / "config.json").is_file() or (path / "model.safetensors").is_file():
-        import cf_models.mf  # noqa: F401 - registers the model types
-        import cf_models.sasrec  # noqa: F401
+        import importlib
+
         from cf_models.base import CFModel
+
+        for name in ("cf_models.mf", "cf_models.sasrec"):
+            importlib.import_module(name)  # registers the model types
 
         model = CFModel.from_pretrained(path)
         if args.split:

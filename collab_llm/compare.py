@@ -320,8 +320,10 @@ class Comparison:
     item_word: str | None = None  # the prompts' item wording (collab_llm.prompts.WORDINGS; None: the templates')
 
     def __post_init__(self) -> None:
+        from collab_llm.errors import UserError  # wrong --protocol / --methods: one line, exit 2
+
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
+            raise UserError(f"unknown protocol {self.protocol!r}; expected one of {sorted(PROTOCOLS)}")
         spec = PROTOCOLS[self.protocol]
         if self.data is not None:
             spec = self._own_data_spec(spec)
@@ -330,23 +332,23 @@ class Comparison:
         known = {spec.cf_method, *spec.llm_methods}
         unknown = [m for m in self.methods if split_method(m)[0] not in known]
         if unknown:
-            raise ValueError(f"protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)} "
-                             f"(and <method>+{'|'.join(PREFERENCE_STAGES)} after an LLM method)")
+            raise UserError(f"--methods: protocol {self.protocol!r} has no method(s) {unknown}; known: {sorted(known)} "
+                            f"(and <method>+{'|'.join(PREFERENCE_STAGES)} after an LLM method)")
         self.spec = spec
         for i, method in enumerate(self.methods):
             start, stage = split_method(method)
             if stage is None:
                 continue
             if stage not in PREFERENCE_STAGES or start not in spec.llm_methods or self.protocol != "nextitem":
-                raise ValueError(f"{method!r}: a preference stage is <next-item LLM method>+<"
-                                 f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
+                raise UserError(f"{method!r}: a preference stage is <next-item LLM method>+<"
+                                f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
             if self.model_setting(start, "scorer") == "head":
-                raise ValueError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
+                raise UserError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
             if start not in self.methods[:i]:
-                raise ValueError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
-                                 f"before it in --methods")
+                raise UserError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
+                                f"before it in --methods")
         if self.item_word is not None and self.item_word not in WORDINGS:
-            raise ValueError(f"--item-word {self.item_word!r}: expected one of {sorted(WORDINGS)}")
+            raise UserError(f"--item-word {self.item_word!r}: expected one of {sorted(WORDINGS)}")
         self.profile = self.profile.for_protocol(self.protocol)
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
@@ -826,6 +828,16 @@ def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
 
 
 # ---------------------------------------------------------------------------------------- CLI
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -843,8 +855,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
                         "preference stage started from X's run)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    p.add_argument("--llm-steps", type=int, default=None, help="override the profile's LLM training steps")
-    p.add_argument("--test-rows", type=int, default=None, help="override the profile's number of test rows")
+    p.add_argument("--llm-steps", type=_positive_int, default=None, help="override the profile's LLM training steps")
+    p.add_argument("--test-rows", type=_positive_int, default=None, help="override the profile's number of test rows")
     p.add_argument("--work-dir", default="work", help="prepared splits and CF models (shared by comparisons)")
     p.add_argument("--item-word", choices=sorted(WORDINGS), default=None,
                    help="how the prompts name items (movie: the templates' MovieLens wording; book, product, item); "

@@ -6,10 +6,16 @@ depends only on ``(seed, epoch)`` (``DistributedSampler`` with the trainer's wor
 calls ``set_epoch``), so resumed and DDP runs see the same order as uninterrupted ones. With
 ``group_by_length`` the same shuffle is cut into mega-batches whose rows are sorted by prompt length, so
 a batch pads little (:class:`LengthGroupedSampler`; measured by ``bench/length_grouping.py``).
+
+A mid-epoch resume is exact: the training loader is a :class:`ResumableLoader`, whose position (epoch and
+batches handed out) the datamodule's ``state_dict`` puts in the checkpoint; the resumed epoch draws the same
+permutation and starts after those batches, on every DDP rank alike. A mid-epoch checkpoint without a
+position (an older one) is refused rather than resumed inexactly.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from collab_llm.backbone import load_tokenizer
 from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+from collab_llm.errors import UserError, require_at_least_one
+from collab_llm.faults import kill_point
 from collab_llm.fingerprint import verify_split
 from collab_llm.prompts import Mode, Task, load_template
 
@@ -33,7 +41,30 @@ def sample_rows(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame.iloc[chosen].reset_index(drop=True)
 
 
-class LengthGroupedSampler(DistributedSampler):
+def check_batch_sizes(batch_size: int, eval_batch_size: int) -> None:
+    """Refuse a batch size below 1 (:class:`~collab_llm.errors.UserError` naming the flags)."""
+    require_at_least_one({"--data.batch_size": batch_size, "--data.eval_batch_size": eval_batch_size})
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (``shuffle=True``, padded, seeded by ``(seed, epoch)``) whose next iteration can
+    start after its first ``skip`` indices (a mid-epoch resume, :class:`ResumableLoader`); ``skip`` is reset
+    to 0 once used. Subclasses change the epoch's order by overriding :meth:`order`."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def order(self) -> Iterator[int]:
+        """This rank's indices for the current epoch, from its start."""
+        return super().__iter__()
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(self.order(), skip, None)
+
+
+class LengthGroupedSampler(ResumableSampler):
     """``DistributedSampler``'s seeded shuffle, regrouped so that each batch holds rows of similar length.
 
     The epoch's permutation (the same as ``DistributedSampler(shuffle=True, seed=seed)``'s, padded the
@@ -46,7 +77,7 @@ class LengthGroupedSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, length: Callable[[int], int], batch_size: int, megabatch: int = 8,
                  num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
         if batch_size < 1 or megabatch < 1:
             raise ValueError(f"batch_size and megabatch must be >= 1, got {batch_size}, {megabatch}")
         self.length = length
@@ -59,7 +90,7 @@ class LengthGroupedSampler(DistributedSampler):
             self._lengths[index] = int(self.length(index))
         return self._lengths[index]
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         indices = torch.randperm(len(self.dataset), generator=g).tolist()  # type: ignore[arg-type]
         pad = self.total_size - len(indices)
@@ -72,6 +103,62 @@ class LengthGroupedSampler(DistributedSampler):
         shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed + self.epoch + 1)).tolist()
         flat = [i for b in shuffle for i in batches[b]]
         return iter(flat[self.rank:self.total_size:self.num_replicas])
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` over a seeded ``DistributedSampler`` whose position survives a checkpoint.
+
+    ``state_dict()`` = ``{"epoch": e, "batches": b}``: ``b`` batches of epoch ``e`` handed out (Lightning
+    fetches a sized loader's batches one at a time, so at a checkpoint these are the batches trained on).
+    After ``load_state_dict`` the next iteration of epoch ``e`` skips the sampler's first ``b * batch_size``
+    indices (nothing is collated for them); any other epoch starts at its beginning. Each DDP rank
+    skips the same number of batches of its own shard, which is where an uninterrupted run would be.
+    ``len()`` stays the full epoch's: Lightning counts the batches already done from its own state.
+    The epoch is read when the first batch is drawn, after Lightning's ``set_epoch``.
+
+    ``done_in_epoch`` (the datamodule's: Lightning's count of this epoch's finished batches while fitting,
+    else ``None``) is compared with the batches skipped: a checkpoint taken mid-epoch without a loader
+    position (written before it was recorded) cannot resume exactly and is refused
+    (:class:`~collab_llm.errors.UserError` naming it and what to do).
+    """
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, batch_size: int,
+                 done_in_epoch: Callable[[], tuple[int, str] | None] | None = None,
+                 collate_fn: Callable[[list[Any]], Any] | None = None, num_workers: int = 0) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                         num_workers=num_workers, persistent_workers=num_workers > 0)
+        self.done_in_epoch = done_in_epoch
+        self._position: dict[str, int] = {}
+        self._resume_at: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        epoch = int(sampler.epoch)
+        done = self._resume_at.get("batches", 0) if self._resume_at.get("epoch") == epoch else 0
+        self._resume_at = {}
+        expected = self.done_in_epoch() if self.done_in_epoch is not None else None
+        if expected is not None and expected[0] != done:
+            raise UserError(
+                f"{expected[1]}: a checkpoint taken {expected[0]} batches into epoch {epoch} that does not record "
+                "where the training loader was (written by an older collab-llm), so resuming it would train on "
+                "other batches than an uninterrupted run; resume from an end-of-epoch checkpoint (--ckpt_path) "
+                "or train from the start")
+        sampler.skip = done * int(self.batch_size or 1)
+        self._position = {"epoch": epoch, "batches": done}
+        for batch in super().__iter__():
+            kill_point("train_batch")  # kill -9 tests only (collab_llm.faults)
+            done += 1
+            self._position = {"epoch": epoch, "batches": done}
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._position)
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume_at = {k: int(state_dict[k]) for k in ("epoch", "batches") if k in state_dict}
 
 
 class RecDataModule(L.LightningDataModule):
@@ -136,6 +223,7 @@ class RecDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.limit_rows = limit_rows
+        check_batch_sizes(batch_size, eval_batch_size)
         if test_sample is not None and test_sample < 1:
             raise ValueError(f"test_sample must be >= 1 or None, got {test_sample}")
         self.test_sample = test_sample
@@ -144,6 +232,18 @@ class RecDataModule(L.LightningDataModule):
         self.length_megabatch = length_megabatch
         self.collator: PromptCollator | None = None
         self.datasets: dict[str, TableDataset] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._train_position: dict[str, int] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position (:class:`ResumableLoader`), stored in checkpoints."""
+        return {"train_position": self._train_loader.state_dict() if self._train_loader is not None else {}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training order where the checkpoint left it. Lightning restores a datamodule before it
+        builds the training loader (its own loader-state restore comes after ``configure_optimizers`` has
+        already built the loader to count the steps, too late), so the position is handed over here."""
+        self._train_position = dict(state_dict.get("train_position", {}))
 
     def _read(self, name: str) -> pd.DataFrame:
         path = self.data_dir / f"{name}.parquet"
@@ -182,7 +282,6 @@ class RecDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"{split} data not set up; call setup() first")
         ds = self.datasets[split]
-        sampler: Any = None
         if shuffle:
             world = self.trainer.world_size if self.trainer is not None else 1
             rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -192,16 +291,28 @@ class RecDataModule(L.LightningDataModule):
                 sampler = LengthGroupedSampler(ds, lambda i: collator.length_proxy(ds[i]), self.batch_size,
                                                self.length_megabatch, num_replicas=world, rank=rank, seed=self.seed)
             else:
-                sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=False)
+                sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=self.seed)
+            loader = ResumableLoader(ds, sampler, self.batch_size, self._done_in_epoch, self.collator, self.num_workers)
+            loader.load_state_dict(self._train_position)
+            self._train_position = {}  # handed over once
+            self._train_loader = loader
+            return loader
         return DataLoader(
             ds,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=sampler,
+            batch_size=self.eval_batch_size,
             shuffle=False,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _done_in_epoch(self) -> tuple[int, str] | None:
+        """While fitting: Lightning's count of the current epoch's finished batches (restored from a checkpoint
+        on resume) and the checkpoint's path; else ``None``."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready), str(trainer.ckpt_path)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

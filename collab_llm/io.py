@@ -6,6 +6,9 @@ one is in place. Siblings of either kind left by a run that was killed (their pr
 are cleaned at the start of the next run on the same target; a ``.old-`` folder whose target is missing
 (killed between the two renames) is moved back first, so nothing is lost. ``atomic_dir`` never replaces
 a file or a symbolic link, and with ``may_replace`` only a folder that predicate accepts.
+:func:`atomic_file` writes ``.<name>.tmp-<pid>-<random>`` and renames it; a killed writer's temporary file
+is removed by the next write of the same file. The kill -9 tests stop commands inside both
+(:mod:`collab_llm.faults`).
 
 Concurrent writers: :func:`output_lock` holds ``.<name>.lock`` next to a target (process id, host, start
 time, command) for as long as a command writes it; a second writer is refused with a message naming the
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from collab_llm.errors import UserError
+from collab_llm.faults import kill_point
 
 
 def _pid_alive(pid: int) -> bool:
@@ -52,9 +56,11 @@ def leftover_siblings(target: str | os.PathLike) -> list[Path]:
     found = []
     for entry in target.parent.iterdir():
         m = pattern.match(entry.name)
-        if not m or entry.is_symlink() or not entry.is_dir():
+        if not m or entry.is_symlink():
             continue
         kind, pid, rest = m.groups()
+        if not entry.is_dir() and not (kind == "tmp" and entry.is_file()):  # atomic_file's temporaries are files
+            continue
         if kind == "old":  # ".old-<pid>": the pid is the whole suffix
             pid, rest = (rest, "") if pid is None else (pid, rest)
             if not rest.isdigit() and rest:
@@ -76,7 +82,11 @@ def clean_leftovers(target: str | os.PathLike) -> list[Path]:
         if ".old-" in entry.name and not os.path.lexists(target):
             os.replace(entry, target)
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
         removed.append(entry)
     return removed
 
@@ -106,12 +116,14 @@ def atomic_dir(target: str | os.PathLike, may_replace: Callable[[Path], bool] | 
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         try:
             yield tmp
+            kill_point("atomic_dir:written")
             if os.path.lexists(target):
                 check()  # again: the target may have changed while the new folder was being written
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
                 if os.path.lexists(old):
                     shutil.rmtree(old)
                 os.replace(target, old)
+                kill_point("atomic_dir:moved_aside")
                 os.replace(tmp, target)
                 shutil.rmtree(old, ignore_errors=True)
             else:
@@ -191,13 +203,16 @@ def output_lock(target: str | os.PathLike, command: str | None = None) -> Iterat
 
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file next to ``target`` and rename it over ``target`` when closed cleanly."""
+    """Open a temporary file ``.<name>.tmp-<pid>-<random>`` next to ``target`` and rename it over ``target``
+    when closed cleanly. Temporaries left by a killed writer of the same target are removed first."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    clean_leftovers(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
+        kill_point(f"atomic_file:{target.name}")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

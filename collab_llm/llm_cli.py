@@ -30,15 +30,25 @@ class CollabLLMCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
         parser.link_arguments("model.init_args.template", "data.template")
 
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 - jsonargparse parser and args
+        """Parse, then refuse a ``--ckpt_path`` that is not a checkpoint before Lightning reads it."""
+        super().parse_arguments(parser, args)
+        config = self.config.get(str(self.config.get("subcommand"))) if self.config.get("subcommand") else None
+        check_ckpt_path(config.get("ckpt_path") if config is not None else None)
+
     def before_instantiate_classes(self) -> None:
-        """Before the backbone loads or the trainer writes anything: ``backbone_path: default`` becomes the default
-        backbone's folder in the cache (:func:`collab_llm.assets.resolve_backbone`; missing: one line naming
-        ``--model.backbone_path``), so checkpoints record the folder; refuse a CF model whose item catalogue is
-        not the data split's (both folders named; :func:`collab_llm.fingerprint.check_cf_folder`)."""
+        """Before the backbone loads or the trainer writes anything: refuse batch sizes below 1; ``backbone_path:
+        default`` becomes the default backbone's folder in the cache (:func:`collab_llm.assets.resolve_backbone`;
+        missing: one line naming ``--model.backbone_path``), so checkpoints record the folder; refuse a CF model
+        whose item catalogue is not the data split's (both folders named; :func:`collab_llm.fingerprint.check_cf_folder`)."""
         from collab_llm.assets import DEFAULT, resolve_backbone
+        from collab_llm.datamodule import check_batch_sizes
         from collab_llm.fingerprint import check_cf_folder
 
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        sizes = (config.get("data.batch_size"), config.get("data.eval_batch_size"))
+        if all(isinstance(n, int) for n in sizes):
+            check_batch_sizes(*sizes)  # before the backbone loads (it reports progress on stderr)
         try:
             backbone = config.get("model.init_args.backbone_path")
             cf_dir, data_dir = config.get("model.init_args.cf_model_path"), config.get("data.data_dir")
@@ -51,6 +61,25 @@ class CollabLLMCLI(LightningCLI):
                 config["data.tokenizer_path"] = folder
         if cf_dir and data_dir:
             check_cf_folder(cf_dir, data_dir)
+
+
+def check_ckpt_path(value: str | None) -> None:
+    """Refuse a ``--ckpt_path`` file that is not a checkpoint (a torch zip archive, as ``ModelCheckpoint`` writes)
+    before anything is built, instead of the unpickler's traceback. ``last`` / ``best`` / ``hpc``, URLs and
+    missing files (Lightning names those itself) pass."""
+    import zipfile
+    from pathlib import Path
+
+    from collab_llm.errors import UserError
+
+    if not value or value in ("last", "best", "hpc") or "://" in str(value) or str(value).startswith("registry"):
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a checkpoint file (--ckpt_path takes a .ckpt file or 'last')")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a checkpoint (expected the torch archive a ModelCheckpoint writes, e.g. "
+                        "<dirpath>/last.ckpt; --ckpt_path)")
 
 
 def build_cli(argv: Sequence[str] | None = None, run: bool = True) -> CollabLLMCLI:

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bad_input_prepare import GOOD_INTER, GOOD_ITEMS, assert_one_line_user_error, snapshot  # noqa: E402
-from test_llm_fixtures import make_backbone_dir, make_split  # noqa: E402
+from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
 from cf_models.base import CFModel  # noqa: E402
 from collab_llm import compare  # noqa: E402
@@ -169,8 +169,10 @@ COMPARE = ["compare", "--protocol", "nextitem", "--methods", "sasrec", "--profil
 
 
 def _with(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with the value after ``flag`` replaced (a flag whose value is ``flag`` itself: that value)."""
     out = list(argv)
-    out[out.index(flag) + 1] = value
+    i = out.index(flag)
+    out[i + 1 if flag.startswith("-") else i] = value
     return out
 
 
@@ -269,6 +271,61 @@ CASES: list[Case] = [
     Case("config: --data given as a file naming another class", ["cf", "fit", "--config", SASREC, "--data", "{t}/data.yaml"],
          [r"data\.yaml: key 'data\.class_path' names class 'os\.remove'"],
          lambda t: (t / "data.yaml").write_text("class_path: os.remove\ninit_args: {path: x}\n")),
+    # sub-config files: a value naming a .yaml/.json file is that part of the config (jsonargparse)
+    Case("config: model given as a file inside a --config", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"sub/model\.yaml: key 'model\.class_path' names class 'os\.system', which configs may not import"],
+         lambda t: (sub_config(t, "sub/model.yaml", "class_path: os.system\n"),
+                    write_config(t, lambda c: c.update(model="sub/model.yaml")))),
+    Case("config: callback list item given as a file", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"sub/cb\.yaml: key 'trainer\.callbacks\[2\]\.class_path' names class 'shutil\.rmtree'"],
+         lambda t: (sub_config(t, "sub/cb.yaml", "class_path: shutil.rmtree\ninit_args: {path: /}\n"),
+                    write_config(t, lambda c: c["trainer"]["callbacks"].append("sub/cb.yaml")))),
+    Case("config: a sub-config naming another, relative to its own folder", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"sub/inner\.yaml: key 'model\.init_args\.loss\.class_path' names class 'os\.system'"],
+         lambda t: (sub_config(t, "sub/model.yaml", "class_path: cf_models.training.SASRecTask\ninit_args: inner.yaml\n"),
+                    sub_config(t, "sub/inner.yaml", "loss: {class_path: os.system}\n"),
+                    write_config(t, lambda c: c.update(model="sub/model.yaml")))),
+    Case("config: --trainer given as a file", ["cf", "fit", "--config", SASREC, "--trainer", "{t}/trainer.yaml"],
+         [r"trainer\.yaml: key 'trainer\.logger\.class_path' names class 'os\.system'"],
+         lambda t: sub_config(t, "trainer.yaml", "logger: {class_path: os.system}\n")),
+    Case("config: --model.init_args.<group> given as a file", ["fit", "--config", "{t}/evil.yaml",
+                                                               "--model.init_args.adapter", "{t}/adapter.yaml"],
+         [r"adapter\.yaml: key 'model\.init_args\.adapter\.class_path' names class 'subprocess\.Popen'"],
+         lambda t: (sub_config(t, "adapter.yaml", "class_path: subprocess.Popen\n"),
+                    write_config(t, lambda c: None))),
+    Case("config: short-form class name in a config file", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"evil\.yaml: key 'trainer\.callbacks\[2\]' names class 'builtins\.exec'"],
+         lambda t: write_config(t, lambda c: c["trainer"]["callbacks"].append("builtins.exec"))),
+    Case("config: a file naming itself", ["cf", "fit", "--config", "{t}/evil.yaml", *TINY],
+         [r"evil\.yaml: key 'trainer\.callbacks\[3\]\.class_path' names class 'os\.system'"],
+         lambda t: write_config(t, lambda c: c["trainer"]["callbacks"].extend(["evil.yaml", {"class_path": "os.system"}]))),
+    # --- wrong flags found by a new-user sweep ----------------------------------------------------------------
+    Case("cf fit: --data.init_args.split_dir not a split", _with(CF_FIT, "--data.init_args.split_dir", "{t}/nosplit"),
+         [r"nosplit: not a prepared split \(manifest\.json missing\); create it with `collab-llm prepare .*"
+          r"--data\.init_args\.split_dir"], needs=[]),
+    Case("compare: unknown method", _with(COMPARE, "sasrec", "nope"),
+         [r"--methods: protocol 'nextitem' has no method\(s\) \['nope'\]; known: "], needs=[]),
+    Case("compare: preference stage before its start", _with(COMPARE, "sasrec", "llara+sdpo"),
+         [r"'llara\+sdpo' starts from the finished 'llara' run of this report: list 'llara' before it in --methods"],
+         needs=[]),
+    Case("LLM fit: --ckpt_path not a checkpoint", [*LLM_FIT, "--ckpt_path", "{t}/notes.txt"],
+         [r"notes\.txt: not a checkpoint \(expected the torch archive a ModelCheckpoint writes.*--ckpt_path"],
+         lambda t: (t / "notes.txt").write_text("not a checkpoint\n"), needs=[]),
+    Case("LLM fit: --ckpt_path a folder", [*LLM_FIT, "--ckpt_path", "{t}/cf"],
+         [r"cf: a folder, not a checkpoint file \(--ckpt_path takes a \.ckpt file or 'last'\)"], needs=["cf"]),
+    Case("LLM fit: --data.batch_size 0", [*_with(LLM_FIT, "--model.cf_model_path", "{t}/cf-sasrec"), "--data.batch_size", "0"],
+         [r"^collab-llm: error: --data\.batch_size must be >= 1, got 0$"],
+         lambda t: (make_split(t, "next_item"), make_cf_dirs(t)), needs=["tiny-llama"]),
+    Case("cf fit: --model.init_args.hidden_size 0", [*CF_FIT, "--model.init_args.hidden_size", "0"],
+         [r"^collab-llm: error: --model\.init_args\.hidden_size must be >= 1, got 0$"], needs=["splitA"]),
+    Case("cf fit: hidden size not a multiple of the heads", [*CF_FIT, "--model.init_args.num_heads", "3"],
+         [r"--model\.init_args\.hidden_size \(8\) must be a multiple of --model\.init_args\.num_heads \(3\)"],
+         needs=["splitA"]),
+    Case("cf fit: --data.init_args.batch_size 0", [*CF_FIT, "--data.init_args.batch_size", "0"],
+         [r"^collab-llm: error: --data\.init_args\.batch_size must be >= 1, got 0$"], needs=["splitA"]),
+    Case("verify: a split manifest without its tables", ["verify", "{t}/splitA"],
+         [r"splitA/manifest\.json: field 'tables' missing; expected a collab-llm split manifest .*collab-llm prepare"],
+         lambda t: drop_field(t / "splitA" / "manifest.json", "tables"), needs=["splitA"]),
     Case("config: not YAML", ["cf", "fit", "--config", "{t}/evil.yaml"], [r"evil\.yaml: not a readable YAML config"],
          lambda t: (t / "evil.yaml").write_text("model: [unclosed\n")),
     # --- compare: runs keyed by fingerprint ------------------------------------------------------------------
@@ -326,6 +383,17 @@ def write_config(t: Path, change: Callable[[dict], None]) -> None:
     (t / "evil.yaml").write_text(yaml.safe_dump(config))
 
 
+def drop_field(path: Path, key: str) -> None:
+    data = json.loads(path.read_text())
+    data.pop(key)
+    path.write_text(json.dumps(data))
+
+
+def sub_config(t: Path, name: str, text: str) -> None:
+    (t / name).parent.mkdir(parents=True, exist_ok=True)
+    (t / name).write_text(text)
+
+
 def edit_cf_made_from(folder: Path, **changes: object) -> None:
     """Re-save a CF export with other ``made_from`` fields (checksums stay valid: it is written again)."""
     cf = CFModel.from_pretrained(folder)
@@ -381,6 +449,35 @@ def test_clean_artifacts_verify_and_record_what_they_were_made_from(base: Path, 
     assert "adapter/adapter_model.safetensors" in bundle["files"] and "bundle.json" not in bundle["files"]
     manifest = json.loads((base / "splitA" / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"train.parquet", "valid.parquet", "test.parquet", "items.parquet"}
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [("--test-rows", "0", "must be >= 1, got 0"),
+                                                        ("--llm-steps", "-2", "must be >= 1, got -2"),
+                                                        ("--test-rows", "ten", "expected a whole number >= 1, got 'ten'")])
+def test_compare_refuses_counts_below_one(tmp_path: Path, monkeypatch, capsys, flag: str, value: str, message: str) -> None:
+    """``compare --test-rows 0`` stacked an empty score list (a traceback); counts are checked by the parser."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", "--methods", "sasrec", "--profile", "smoke", flag, value])
+    assert exit_info.value.code == USER_ERROR_EXIT
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"collab-llm compare: error: argument {flag}: {message}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sub_config_files_of_project_classes_pass_the_guard(tmp_path: Path, monkeypatch) -> None:
+    """The accepted side of the sub-config cases: nested files naming only allowed classes, a short-form
+    allowed class, a value that is an existing dotted path, and the shipped configs."""
+    from collab_llm.config_guard import check_class_paths
+
+    monkeypatch.chdir(tmp_path)
+    sub_config(tmp_path, "sub/model.yaml", "class_path: cf_models.training.SASRecTask\ninit_args: inner.yaml\n")
+    sub_config(tmp_path, "sub/inner.yaml", "hidden_size: 8\n")
+    sub_config(tmp_path, "main.yaml", "model: sub/model.yaml\ntrainer:\n  callbacks: [lightning.pytorch.callbacks.EarlyStopping]\n")
+    (tmp_path / "cf.sasrec").mkdir()
+    check_class_paths(["--config", SASREC, "--config", "main.yaml", "--trainer.callbacks+", "sub/model.yaml",
+                       "--model.init_args.cf_model_path", "cf.sasrec", "--model", "collab_llm.module.CollabLLM"])
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
+        check_class_paths(["--config", str(config)])
 
 
 def test_allow_mismatch_env_proceeds(base: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -519,3 +616,51 @@ def test_a_legacy_cf_export_with_metrics_counts_as_finished(tmp_path: Path) -> N
     assert is_finished_export(folder)
     edit_json(folder / "config.json", files={"model.safetensors": "0" * 64})  # a checksummed export without metrics
     assert not is_finished_export(folder)
+
+
+def test_kill_9_of_prepare_while_writing_or_replacing_then_rerun_gives_the_same_split(base: Path, tmp_path: Path) -> None:
+    """``collab-llm prepare`` killed with its tables written in the temporary folder (not renamed yet), and an
+    ``--overwrite`` killed between its two renames (the old split moved aside, the new one not in place):
+    the same command again writes the uninterrupted split (same fingerprint) and leaves nothing else."""
+    from test_kill9 import debris, run_killed
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "inter.csv").write_text(GOOD_INTER)
+    (tmp_path / "in" / "items.csv").write_text(GOOD_ITEMS)
+    argv = ["prepare", "--interactions", str(tmp_path / "in" / "inter.csv"), "--items", str(tmp_path / "in" / "items.csv"),
+            "--protocol", "loo", "--n-candidates", "3", "--out", str(tmp_path / "split")]
+    expected = split_sha256(base / "splitA")
+    run_killed(argv, "atomic_dir:written", tmp_path)
+    assert not (tmp_path / "split").exists() and debris(tmp_path)  # a temp folder and the lock of a dead process
+    assert cli_main(argv) == 0
+    assert split_sha256(tmp_path / "split") == expected and debris(tmp_path) == []
+
+    run_killed([*argv, "--overwrite"], "atomic_dir:moved_aside", tmp_path)
+    assert not (tmp_path / "split").exists() and [p for p in debris(tmp_path) if ".old-" in p]
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert split_sha256(tmp_path / "split") == expected and debris(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "split"]
+
+
+def test_kill_9_of_cf_fit_during_its_export_then_rerun_gives_the_uninterrupted_export(base: Path, tmp_path: Path) -> None:
+    """``collab-llm cf fit`` killed during its export (weights, ``metrics.json`` and ``config.json`` written in the
+    temporary folder, nothing renamed): no export exists, and the same command again exports the uninterrupted
+    run's weights and test metrics, taking the dead process's lock over and leaving nothing behind."""
+    from safetensors.torch import load_file
+    from test_kill9 import debris, run_killed
+
+    from cf_models.base import is_finished_export
+
+    _copy_base(base, tmp_path, ["splitA"])
+    argv = _argv(tmp_path, CF_FIT)
+    run_killed(argv, "atomic_dir:written", tmp_path)
+    assert not (tmp_path / "out").exists()
+    left = debris(tmp_path)
+    assert ".out.lock" in left and any(p.startswith(".out.tmp-") for p in left)
+    assert cli_main(argv) == 0
+    assert is_finished_export(tmp_path / "out") and debris(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "splitA"]
+    metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (base / "cf", tmp_path / "out")]
+    assert metrics[0] == metrics[1]
+    weights = [load_file(d / "model.safetensors") for d in (base / "cf", tmp_path / "out")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

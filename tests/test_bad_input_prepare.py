@@ -202,6 +202,10 @@ CASES: list[Case] = [
          args={"--out": "{tmp}/cache/data/x", "--cache": "{tmp}/cache"}, setup=_cache),
     Case("--out holds the asset cache", [r"overlaps the asset cache"],
          args={"--out": "{tmp}/cache", "--cache": "{tmp}/cache/data", "--dataset": "ml-100k"}, setup=_cache),
+    Case("planted: no users", [r"--dataset planted: --planted-users must be >= 1; got 0"],
+         args={"--dataset": "planted", "--planted-users": "0"}),
+    Case("planted: follow above 1", [r"--dataset planted: --planted-follow must be in \[0, 1\]; got 2\.0"],
+         args={"--dataset": "planted", "--planted-follow": "2"}),
 ]
 
 DEFAULTS = {"--interactions": "{in}/inter.csv", "--items": "{in}/items.csv", "--protocol": "loo", "--out": "{tmp}/out",

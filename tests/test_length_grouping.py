@@ -87,3 +87,37 @@ def test_bench_counts_padding_and_times_both_orders(tmp_path):
         assert result[f"{mode}_padded_tokens_ratio"] == round(plain / grouped, 3)
         assert 0 <= result[f"{mode}_grouped_padding_share"] < 1
     assert result["step_s_total_plain"] > 0 and result["step_s_total_grouped"] > 0
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_resumed_loader_continues_each_rank_where_the_uninterrupted_one_is(grouped):
+    """The training loader's position (epoch, batches handed out) restores the rest of that epoch on every
+    DDP rank, and only that epoch: the next one starts at its beginning."""
+    from collab_llm.datamodule import ResumableLoader, ResumableSampler
+
+    lengths = list(np.random.default_rng(1).integers(10, 100, size=37))  # padded: 38 rows, 19 per rank
+
+    def loader(rank: int) -> ResumableLoader:
+        sampler = (LengthGroupedSampler(_Rows(lengths), lambda i: lengths[i], 3, 2, num_replicas=2, rank=rank, seed=4)
+                   if grouped else ResumableSampler(_Rows(lengths), num_replicas=2, rank=rank, seed=4))
+        return ResumableLoader(list(range(37)), sampler, 3, collate_fn=list)
+
+    for rank in (0, 1):
+        full = loader(rank)
+        full.sampler.set_epoch(2)
+        epoch = list(full)
+        assert len(epoch) == len(full) == 7 and full.state_dict() == {"epoch": 2, "batches": 7}
+        cut = loader(rank)
+        cut.sampler.set_epoch(2)
+        it = iter(cut)
+        head = [next(it) for _ in range(3)]
+        assert head == epoch[:3] and cut.state_dict() == {"epoch": 2, "batches": 3}
+        resumed = loader(rank)
+        resumed.load_state_dict(cut.state_dict())
+        resumed.sampler.set_epoch(2)
+        assert list(resumed) == epoch[3:] and resumed.state_dict() == {"epoch": 2, "batches": 7}
+        assert list(resumed) == epoch  # the position is used once
+        other = loader(rank)
+        other.load_state_dict({"epoch": 1, "batches": 3})
+        other.sampler.set_epoch(2)
+        assert list(other) == epoch  # a position in another epoch does not apply

@@ -17,6 +17,7 @@ from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noq
 from collab_llm import metrics  # noqa: E402
 from collab_llm.adapters import LoRA  # noqa: E402
 from collab_llm.datamodule import RecDataModule  # noqa: E402
+from collab_llm.errors import UserError  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
 
 torch.set_num_threads(1)
@@ -321,3 +322,54 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, family):
     assert set(grads[0]) == set(grads[1]) and any("projector" in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+class Crash(L.Callback):
+    """Ends a run abruptly at the start of global step ``step`` (after that step's checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyError("simulated crash")
+
+
+@pytest.mark.parametrize(("step", "group_by_length"), [(2, False), (6, True)])
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path, step, group_by_length):
+    """A run that dies after a checkpoint taken mid-epoch (epoch 0 or 1 of 2, 4 batches each) and is resumed
+    from it trains the rest of that epoch on the same batches: weights bit-identical to an uninterrupted run."""
+    kwargs = dict(curriculum_steps=5, seed=1)
+
+    def run(ckpt_path=None, **kw):
+        module, data = build(tmp_path, "llama", "next_item", "curriculum", **kwargs)
+        data.group_by_length = group_by_length
+        rows = []
+
+        class Rows(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                rows.append(batch["row_index"].tolist())
+
+        callbacks = [Rows(), *kw.pop("callbacks", [])]
+        trainer(tmp_path, max_epochs=2, callbacks=callbacks, **kw).fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return module, rows
+
+    full, full_rows = run()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=step, save_top_k=1)
+    with pytest.raises(KeyError, match="simulated crash"):
+        run(callbacks=[ckpt, Crash(step)], enable_checkpointing=True)
+    path = next((tmp_path / "ckpt").glob(f"*step={step}.ckpt"))
+    resumed, resumed_rows = run(ckpt_path=str(path))
+    assert resumed_rows == full_rows[step:]  # the epoch continues after its consumed batches
+    assert resumed.global_step == full.global_step == 8
+    got, expected = resumed.trainable_state(), full.trainable_state()
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    # the same checkpoint as an older collab-llm wrote it (no loader position): refused, not resumed inexactly
+    old = torch.load(path, map_location="cpu", weights_only=False)
+    old.pop("RecDataModule")
+    old["loops"]["fit_loop"]["state_dict"].pop("combined_loader")
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match=rf"old\.ckpt: a checkpoint taken {step % 4} batches into epoch {step // 4} that "
+                                        r"does not record where the training loader was .* end-of-epoch checkpoint"):
+        run(ckpt_path=str(tmp_path / "old.ckpt"))

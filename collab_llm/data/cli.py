@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from pathlib import Path
 from typing import Sequence
@@ -121,9 +122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset == "planted":
         from collab_llm.data.planted import generate_planted_with_structure
 
-        data, structure = generate_planted_with_structure(
-            args.planted_users, args.planted_items, args.planted_clusters, args.planted_follow,
-            args.planted_min_length, args.planted_max_length, args.planted_successors, args.planted_title_style, args.seed)
+        try:
+            data, structure = generate_planted_with_structure(
+                args.planted_users, args.planted_items, args.planted_clusters, args.planted_follow,
+                args.planted_min_length, args.planted_max_length, args.planted_successors, args.planted_title_style,
+                args.seed)
+        except ValueError as error:  # a parameter out of range: name its flag
+            message = str(error)
+            for name, flag in (("n_users", "users"), ("n_items", "items"), ("n_clusters", "clusters"),
+                               ("follow", "follow"), ("min_length", "min-length"), ("max_length", "max-length"),
+                               ("n_successors", "successors"), ("title_style", "title-style")):
+                message = re.sub(rf"\b{name}\b", f"--planted-{flag}", message)
+            raise UserError(f"--dataset planted: {message}") from error
     elif args.dataset is not None:
         from collab_llm.assets import ensure_assets
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from collab_llm.data.writing import MANIFEST
+from collab_llm.errors import UserError
 
 
 @dataclass
@@ -81,17 +82,20 @@ def load_split(folder: str | Path) -> PreparedSplit:
     path = folder / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
-            f"{folder}: not a prepared split ({MANIFEST} missing); create it with collab_llm.data.prepare_* "
-            "(an interrupted run leaves no folder at all, so this folder came from elsewhere)"
+            f"{folder}: not a prepared split ({MANIFEST} missing); create it with `collab-llm prepare ... --out "
+            f"{folder}` or give another split folder (cf: --data.init_args.split_dir, fit: --data.data_dir; an "
+            "interrupted prepare leaves no folder at all, so this folder came from elsewhere)"
         )
     from collab_llm.fingerprint import read_json
 
     manifest = read_json(path, "split manifest")
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: expected a collab-llm split manifest (a JSON object)")
+        raise UserError(f"{path}: expected a collab-llm split manifest (a JSON object); write the split with "
+                        "`collab-llm prepare`")
     for key in ("protocol", "tables", "n_users", "n_items", "seed"):
         if key not in manifest:
-            raise ValueError(f"{path}: field {key!r} missing; expected a collab-llm split manifest")
+            raise UserError(f"{path}: field {key!r} missing; expected a collab-llm split manifest (write the split "
+                            "with `collab-llm prepare`)")
     if manifest.get("files") is not None:  # sha256 of every table (splits written before checksums: none)
         from collab_llm.fingerprint import verify_checksums
 
