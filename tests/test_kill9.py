@@ -61,7 +61,7 @@ def test_kill_9_of_llm_fit_mid_epoch_then_rerun_resumes_exactly(tmp_path, monkey
             "--model.backbone_path", str(make_backbone_dir(shared, "llama")),
             "--model.cf_model_path", str(make_cf_dirs(shared)["sasrec"]),
             "--data.data_dir", str(make_split(shared, "next_item")),
-            "--data.batch_size", "2", "--model.lora_r", "4", "--model.warmup_steps", "2",
+            "--data.batch_size", "2", "--model.adapter.r", "4", "--model.warmup_steps", "2",
             "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false",
             "--trainer.callbacks.init_args.every_n_train_steps", "2", "--trainer.callbacks.init_args.dirpath", "ckpt",
