@@ -42,7 +42,7 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -60,73 +60,21 @@ from collab_llm.report import (
     paired_difference_records,
     write_report,
 )
+from collab_llm.runs import (
+    PROFILES,
+    DataSettings,
+    LLMRun,
+    ModelSettings,
+    Profile,
+    TrainerSettings,
+    composed_model,
+)
 
 Protocol = Literal["nextitem", "yesno"]
 #: the shipped configs: package data (``collab_llm/configs``, a link to the repository's ``configs/`` in a
 #: checkout), so compare finds them from an installed wheel; fingerprints name them relative to the package
 PACKAGE = Path(__file__).resolve().parent
 CONFIGS = PACKAGE / "configs"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The shared budget of one comparison.
-
-    Args:
-        name: profile name (recorded in the report).
-        llm_steps: optimizer steps of every LLM method (same for all: same budget).
-        batch_size: training prompts per step.
-        test_rows: evaluate on a seeded random sample of ``test_rows`` rows of the test table
-            (``None``: all), the same sample for every method (:func:`collab_llm.datamodule.sample_rows`).
-            Every method, CF models included, is scored on exactly these rows.
-        generate: next-item only: also generate answers (greedy) and parse them (the papers'
-            HR@1 and ValidRatio).
-        max_new_tokens: generation length cap.
-        cf_max_epochs: cap on CF training epochs (``None``: the config's, with early stopping).
-        dtype: backbone dtype (trainable parts stay fp32); ``"auto"``: bfloat16 where the CPU (or GPU)
-            multiplies bf16 natively, else float32 (:func:`collab_llm.backbone.resolve_dtype`).
-        n_bootstrap: bootstrap resamples for the 95% intervals.
-        eval_batch_size: prompts per evaluation batch.
-        warmup_steps: linear learning-rate warm-up of every LLM method (then cosine decay to 0 at
-            ``llm_steps``); the configs' 20 warm-up steps would outlast the short profiles.
-        per_protocol: fields that differ by protocol (a Yes/No row costs one forward of a short
-            prompt, a next-item row a long prompt plus 20 candidates or a generation).
-    """
-
-    name: str
-    llm_steps: int
-    batch_size: int
-    test_rows: int | None
-    generate: bool
-    max_new_tokens: int
-    cf_max_epochs: int | None
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    n_bootstrap: int = 1000
-    eval_batch_size: int = 8
-    warmup_steps: int = 1
-    per_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def for_protocol(self, protocol: str) -> "Profile":
-        """This profile with ``per_protocol[protocol]``'s fields applied (the overrides themselves dropped)."""
-        return replace(self, **self.per_protocol.get(protocol, {}), per_protocol={})
-
-
-PROFILES: dict[str, Profile] = {
-    # the README's main job: about 10 minutes of compute on a 2-core machine
-    "quick": Profile("quick", llm_steps=8, batch_size=2, test_rows=32, generate=False, max_new_tokens=32,
-                     cf_max_epochs=8),
-    # the README's results (results/): both protocols within 90 minutes on a 2-core machine. Sized from
-    # costs measured by bench/injection_learning.py (SmolLM2-135M, bf16 weights on an AVX512-BF16 CPU,
-    # 2 threads): 48 steps of 8 text prompts ~600 s on ML-100K and ~375 s on Yes/No, ranking 100
-    # next-item test rows ~70 s (+ ~2 s a row generated, 64 new tokens at most, as LLaRA), the head's
-    # alignment pass over the same 384 prompts ~60 s. On an fp32-only CPU expect about 1.5x longer.
-    "full": Profile("full", llm_steps=48, batch_size=8, test_rows=100, generate=True, max_new_tokens=64,
-                    cf_max_epochs=None, warmup_steps=3,
-                    per_protocol={"yesno": {"test_rows": 500}}),
-    # tests: tiny models, seconds
-    "smoke": Profile("smoke", llm_steps=2, batch_size=2, test_rows=4, generate=True, max_new_tokens=4,
-                     cf_max_epochs=1, dtype="float32", n_bootstrap=50, eval_batch_size=2),
-}
 
 
 @dataclass(frozen=True)
@@ -340,7 +288,7 @@ class Comparison:
             if stage not in PREFERENCE_STAGES or start not in spec.llm_methods or self.protocol != "nextitem":
                 raise ValueError(f"{method!r}: a preference stage is <next-item LLM method>+<"
                                  f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
-            if self.model_setting(start, "scorer") == "head":
+            if self.model_config(start).scorer == "head":
                 raise ValueError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
             if start not in self.methods[:i]:
                 raise ValueError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
@@ -455,62 +403,47 @@ class Comparison:
 
     def test_rows(self) -> pd.DataFrame:
         """The shared test rows (read once, after the split is prepared): what every method is scored on."""
-        if self._test_rows is None:
-            from collab_llm.datamodule import sample_rows
-
-            test = pd.read_parquet(self.split_dir / "test.parquet")
-            n = self.profile.test_rows
-            self._test_rows = test if n is None else sample_rows(test, n, self.seed)  # = RecDataModule(test_sample=n)
+        if self._test_rows is None:  # the LLM runs' own test sample (their DataSettings)
+            self._test_rows = self.data_settings().test_rows(pd.read_parquet(self.split_dir / "test.parquet"))
         return self._test_rows
 
-    def llm_args(self, method: str) -> list[str]:
+    def llm_run(self, method: str) -> LLMRun:
+        """The LightningCLI run of an LLM method: the trainer, data and model fragments with the profile's budget,
+        this comparison's seed, split, CF model and backbone, and the method's own overrides."""
         p = self.profile
-        run_dir = self.run_dir(method)
-        args = [
-            "--config", str(CONFIGS / "llm" / "trainer" / "cpu.yaml"),
-            "--config", str(self.spec.data_config),
-            *[a for path in self.model_configs(method) for a in ("--config", str(path))],
-            "--seed_everything", str(self.seed),
-            "--model.backbone_path", self.backbone_path(),
-            "--model.dtype", p.dtype,
-            "--model.seed", str(self.seed),
-            "--model.n_bootstrap", str(p.n_bootstrap),
-            "--model.warmup_steps", str(p.warmup_steps),
-            "--data.data_dir", str(self.split_dir),
-            "--data.batch_size", str(p.batch_size),
-            "--data.eval_batch_size", str(p.eval_batch_size),
-            "--data.seed", str(self.seed),
-            "--trainer.max_steps", str(p.llm_steps),
-            "--trainer.max_epochs", "-1",
-            "--trainer.limit_val_batches", "0",
-            "--trainer.log_every_n_steps", "1",
-            "--trainer.logger.init_args.save_dir", str(run_dir),
-            "--trainer.logger.init_args.name", "logs",
-        ]
-        if p.test_rows is not None:
-            args += ["--data.test_sample", str(p.test_rows), "--data.test_sample_seed", str(self.seed)]
-        if self.protocol == "nextitem":
-            args += ["--model.eval_generation", str(p.generate).lower(), "--model.max_new_tokens", str(p.max_new_tokens)]
         start, stage = split_method(method)
-        if self.uses_cf_model(method):
-            args += ["--model.cf_model_path", str(self.cf_dir)]
-        if stage is not None:
-            # the start's finished run is the stage's start and frozen reference; hybrid starts train on
-            # hybrid prompts throughout (no curriculum, no CoLLM stages in a preference stage)
-            args += ["--model.preference.start_from", str(self.run_dir(start) / "bundle"),
-                     "--model.regime", self.regime(method)]
-        if self.regime(method) == "two_stage":
-            # CoLLM within the shared budget: the first half of the steps is stage 1 (LoRA, text
-            # prompts), the second half stage 2 (projector, hybrid prompts)
-            args += ["--model.stage1_steps", str(max(1, p.llm_steps // 2))]
-        if self.spec.train_table is not None:
-            args += ["--data.train_table", self.spec.train_table]
-        if self.item_word is not None:  # the same template, the domain's words (collab_llm.prompts.WORDINGS)
-            args += ["--model.template", with_wording(str(self.model_setting(method, "template")), self.item_word)]
-        if self.model_setting(method, "scorer") == "head":
-            # the head scores items without generating text; its alignment pass sees the budget's prompts
-            args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
-        return args
+        fragments = self.model_fragments(method)
+        model = composed_model(fragments)
+        head = model.scorer == "head"  # scores items without generating text; aligns on the budget's prompts
+        regime = self.regime(method)
+        return LLMRun(
+            fragments=(CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *fragments),
+            seed_everything=self.seed,
+            model=ModelSettings(
+                backbone_path=self.backbone_path(), dtype=p.dtype, seed=self.seed, n_bootstrap=p.n_bootstrap,
+                warmup_steps=p.warmup_steps,
+                cf_model_path=self.cf_dir if self.uses_cf_model(method) else None,
+                # a preference stage starts from (and is held to) its start's finished run of this report
+                preference_start_from=None if stage is None else self.run_dir(start) / "bundle",
+                regime=None if stage is None else regime,
+                # CoLLM within the shared budget: stage 1 (LoRA, text prompts) is the first half of the steps
+                stage1_steps=max(1, p.llm_steps // 2) if regime == "two_stage" else None,
+                template=None if self.item_word is None else with_wording(str(model.template), self.item_word),
+                eval_generation=(not head and p.generate) if self.protocol == "nextitem" else (False if head else None),
+                max_new_tokens=p.max_new_tokens if self.protocol == "nextitem" else None,
+                head_init_rows=p.llm_steps * p.batch_size if head else None,
+            ),
+            data=self.data_settings(),
+            trainer=TrainerSettings(max_steps=p.llm_steps, save_dir=self.run_dir(method)),
+        )
+
+    def data_settings(self) -> DataSettings:
+        """The data overrides every LLM method shares, the test sample included (:meth:`test_rows`)."""
+        p = self.profile
+        return DataSettings(data_dir=self.split_dir, batch_size=p.batch_size, eval_batch_size=p.eval_batch_size,
+                            seed=self.seed, test_sample=p.test_rows,
+                            test_sample_seed=None if p.test_rows is None else self.seed,
+                            train_table=self.spec.train_table)
 
     def commands(self) -> list[str]:
         """The command behind each method, as its report records it, without running anything: the budget's
@@ -519,33 +452,27 @@ class Comparison:
         out = []
         for method in self.methods:
             if method != self.spec.cf_method:
-                out.append(f"# {method}\ncollab-llm fit {shlex.join(self.llm_args(method))}")
+                out.append(f"# {method}\n{self.llm_run(method).command()}")
             elif self.cf_model is not None:
                 out.append(f"# {method}: the CF model alone, given: --cf-model {self.cf_dir}")
             else:
                 out.append(f"# {method}: the CF model alone, trained once\ncollab-llm cf fit {shlex.join(self.cf_args())}")
         return out
 
-    def model_configs(self, method: str) -> list[Path]:
+    def model_fragments(self, method: str) -> tuple[Path, ...]:
         """The model fragments of a method, in order (a preference stage: its start's, then the stage's)."""
         start, stage = split_method(method)
-        return [self.spec.llm_methods[start]] + ([PREFERENCE_STAGES[stage]] if stage is not None else [])
+        return (self.spec.llm_methods[start],) + ((PREFERENCE_STAGES[stage],) if stage is not None else ())
+
+    def model_config(self, method: str) -> Any:
+        """The ``model`` arguments a method's fragments compose to (:func:`collab_llm.runs.composed_model`)."""
+        return composed_model(self.model_fragments(method))
 
     def regime(self, method: str) -> str:
         """The ``model.regime`` of a method (a preference stage: ``text`` after a text-only start, else ``joint``)."""
         start, stage = split_method(method)
-        regime = str(self.model_setting(start, "regime", "joint"))
+        regime = str(self.model_config(start).regime)
         return regime if stage is None or regime == "text" else "joint"
-
-    def model_setting(self, method: str, key: str, default: Any = None) -> Any:
-        """A ``model`` setting of a method's config fragments, the last one that sets it (else ``default``)."""
-        import yaml
-
-        value = default
-        for path in self.model_configs(method):
-            model = yaml.safe_load(path.read_text()).get("model") or {}
-            value = (model.get("init_args") or model).get(key, value)
-        return value
 
     def base_record(self, method: str) -> dict[str, Any]:
         return {"protocol": f"{self.protocol}:{self.spec.split_name}", "method": method, "profile": self.profile.name,
@@ -577,13 +504,13 @@ class Comparison:
         from collab_llm import scoring
         from collab_llm.llm_cli import build_cli
 
-        args = self.llm_args(method)
+        run = self.llm_run(method)
         self.log(f"[compare] {method}: training {self.profile.llm_steps} steps x {self.profile.batch_size} prompts")
         start = time.perf_counter()
         with warnings.catch_warnings():
             # we pass args on purpose while sys.argv holds this command's own arguments
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            cli = build_cli(["fit", *args])  # (quiet_known_noise: no litlogger tip, no known deprecations)
+            cli = build_cli(["fit", *run.args()])  # (quiet_known_noise: no litlogger tip, no known deprecations)
         train_s = time.perf_counter() - start
         model, trainer = cli.model, cli.trainer
         self.log(f"[compare] {method}: trained in {train_s:.0f} s; evaluating")
@@ -598,8 +525,8 @@ class Comparison:
         n_params = sum(p.numel() for p in model.trainable_parameters())  # LoRA + projector (+ iLoRA gate)
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
-            "command": "collab-llm fit " + shlex.join(args),
-            "config": " + ".join(config_name(p) for p in self.model_configs(method)),
+            "command": run.command(),
+            "config": " + ".join(config_name(p) for p in self.model_fragments(method)),
         }
         n = self.profile.n_bootstrap
         if self.protocol == "nextitem":
@@ -643,7 +570,7 @@ class Comparison:
             # (cf_model_sha256 below: weights + the config it was trained with) says it all, trained here or given
             configs = [self.spec.cf_config] if self.data is None and self.cf_model is None else []
         else:
-            configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_configs(method)]
+            configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_fragments(method)]
         out: dict[str, Any] = {
             "seed": self.seed, "profile": json.loads(json.dumps(asdict(self.profile))),
             "method_config_sha256": canonical_sha256({config_name(c): c.read_text() for c in configs}),

@@ -87,7 +87,9 @@ def test_yesno_llm_args_share_the_budget_and_few_shot_set(tmp_path):
     def value(args, flag):
         return args[args.index(flag) + 1] if flag in args else None
 
-    collm, tallrec = comp.llm_args("collm"), comp.llm_args("tallrec")
+    collm, tallrec = comp.llm_run("collm").args(), comp.llm_run("tallrec").args()
+    assert comp.llm_run("collm").data == comp.llm_run("tallrec").data == comp.data_settings()
+    assert (comp.data_settings().test_sample, comp.data_settings().test_sample_seed) == (7, 3)  # typed, not strings
     assert value(collm, "--model.stage1_steps") == "5"  # half of the shared 10 steps is CoLLM's stage 1
     assert value(tallrec, "--model.stage1_steps") is None
     for args in (collm, tallrec):
@@ -100,11 +102,11 @@ def test_head_method_scores_without_generation_and_aligns_on_the_budget(tmp_path
     profile = replace(compare.PROFILES["smoke"], llm_steps=6, batch_size=4, generate=True)
     for protocol in ("nextitem", "yesno"):
         comp = compare.Comparison(protocol, ["head"], profile, tmp_path, tmp_path / "r", backbone="unused")
-        args = comp.llm_args("head")
+        args = comp.llm_run("head").args()
         last = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}  # the last value wins
         assert last["--model.head_init_rows"] == "24"  # the same 24 training prompts as every method
         assert last["--model.eval_generation"] == "false"
-        assert comp.model_setting("head", "scorer") == "head" and comp.regime("head") == "joint"
+        assert comp.model_config("head").scorer == "head" and comp.regime("head") == "joint"
 
 
 def test_test_sample_is_the_rows_compare_scores(tmp_path):
