@@ -447,12 +447,14 @@ class Comparison:
 
     def commands(self) -> list[str]:
         """The command behind each method, as its report records it, without running anything: the budget's
-        overrides spelled out (``compare --dry-run``). An LLM method is then evaluated with ``collab-llm test``
-        and the same arguments plus ``--ckpt_path <run>/logs/version_0/checkpoints/last.ckpt``."""
+        overrides spelled out (``compare --dry-run``; this is how a profile's budget is written down for users),
+        then for an LLM method the ``collab-llm test`` of its last checkpoint (compare tests the trained model)."""
         out = []
         for method in self.methods:
             if method != self.spec.cf_method:
-                out.append(f"# {method}\n{self.llm_run(method).command()}")
+                run = self.llm_run(method)
+                ckpt = run.trainer.save_dir / run.trainer.log_name / "version_0" / "checkpoints" / "last.ckpt"
+                out.append(f"# {method}\n{run.command()}\n{run.command('test')} --ckpt_path {shlex.quote(str(ckpt))}")
             elif self.cf_model is not None:
                 out.append(f"# {method}: the CF model alone, given: --cf-model {self.cf_dir}")
             else:

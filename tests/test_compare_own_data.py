@@ -162,3 +162,21 @@ def test_dry_run_prints_each_methods_command_and_runs_nothing(tmp_path, capsys, 
         assert piece in llara, piece
     assert "configs/llm/model/sdpo.yaml" in out.split("# llara+sdpo\n")[1]
     assert not (tmp_path / "work" / "cf").exists() and not Path("reports/shop_loo-quick").exists()
+
+
+def test_dry_run_spells_out_the_full_profile(tmp_path, capsys):
+    """The README's full budget without reading code: every override the full profile makes, and the test step."""
+    split = prepare(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["compare", "--dry-run", "--data", str(split), "--profile", "full", "--methods", "llara", "head",
+                     "--backbone", "some/backbone", "--work-dir", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    fit, test = out.split("# llara\n")[1].splitlines()[:2]
+    for piece in ("--trainer.max_steps 48", "--data.batch_size 8", "--data.test_sample 100", "--model.warmup_steps 3",
+                  "--model.eval_generation true", "--model.max_new_tokens 64", "--model.dtype auto",
+                  "--model.n_bootstrap 1000", "--trainer.limit_val_batches 0"):
+        assert piece in fit, piece
+    assert test.startswith("collab-llm test " + fit[len("collab-llm fit "):] + " --ckpt_path ")
+    assert test.endswith("runs/llara/logs/version_0/checkpoints/last.ckpt")
+    head = out.split("# head\n")[1].splitlines()[0]
+    assert "--model.head_init_rows 384" in head and "--model.eval_generation false" in head
