@@ -341,8 +341,9 @@ def test_compare_preference_methods_args_and_validation(tmp_path):
     from dataclasses import replace
 
     from collab_llm import compare
+    from collab_llm.runs import PROFILES
 
-    profile = replace(compare.PROFILES["smoke"], llm_steps=5)
+    profile = replace(PROFILES["smoke"], llm_steps=5)
     comp = compare.Comparison("nextitem", ["tallrec", "llara", "tallrec+sdpo", "llara+dpo"], profile, tmp_path,
                               tmp_path / "r", backbone="unused")
     for method, start, regime, stage in (("tallrec+sdpo", "tallrec", "text", "sdpo"), ("llara+dpo", "llara", "joint", "dpo")):
@@ -378,9 +379,10 @@ def test_compare_smoke_with_preference_stages(tmp_path):
 
     from collab_llm import compare
     from collab_llm.bundle import BundleConfig
+    from collab_llm.runs import PROFILES
 
     work, backbone = _work(tmp_path)
-    profile = replace(compare.PROFILES["smoke"], test_rows=4, generate=False)
+    profile = replace(PROFILES["smoke"], test_rows=4, generate=False)
     report = tmp_path / "report"
     comp = compare.Comparison("nextitem", ["tallrec", "tallrec+sdpo", "llara", "llara+dpo"], profile, work, report,
                               backbone=str(backbone), log=lambda msg: None)
