@@ -11,7 +11,8 @@ One comparison = one data protocol + a list of methods:
 
 Any prepared split (``--data DIR``, e.g. a user's own interactions prepared by ``collab-llm prepare
 --interactions FILE --items FILE --protocol loo``) takes the place of the MovieLens preset: the protocol is
-read from its manifest, the CF model is ``--cf-model DIR`` or trained here on it, the prompts' item wording is
+read from its manifest (``--interactions FILE --items FILE`` prepares one into the work folder first, see
+:func:`collab_llm.compare_cli.prepare_own`), the CF model is ``--cf-model DIR`` or trained here on it, the prompts' item wording is
 ``--item-word`` (default ``item``). ``--methods sasrec`` (or ``mf``) scores the CF model alone on the rows the
 LLMs are scored on.
 

@@ -31,6 +31,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="a prepared split of any dataset (collab-llm prepare --interactions FILE --items FILE "
                         "--protocol loo|llara|collm|tallrec --out DIR) instead of the protocol's MovieLens preset")
+    p.add_argument("--interactions", default=None,
+                   help="your interaction file (.csv/.tsv/.parquet), with --items: compare first runs collab-llm prepare "
+                        "into <work-dir>/<file name>_<prepare-protocol>-<hash> (reused on a rerun); prepare's column and "
+                        "validation flags (--user-col, --item-col, --title-col, --on-duplicates, ...) pass through")
+    p.add_argument("--items", default=None, help="your item file (with --interactions)")
+    p.add_argument("--prepare-protocol", choices=("loo", "llara", "collm", "tallrec"), default="loo",
+                   help="the split prepare makes of --interactions (default: loo, next-item leave-one-out)")
     p.add_argument("--cf-model", default=None,
                    help="a CF model trained on that split (collab-llm cf fit --export_dir DIR; next-item: sasrec, "
                         "Yes/No: mf); default: compare trains the protocol's CF config into <work-dir>/cf")
@@ -81,6 +88,43 @@ def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir:
     return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
                       item_word=item_word, data=None if ns.data is None else Path(ns.data),
                       cf_model=None if ns.cf_model is None else Path(ns.cf_model))
+
+
+def prepare_own(ns: argparse.Namespace, extra: Sequence[str]) -> str | None:
+    """``--interactions FILE --items FILE`` (+ ``extra``: prepare's own flags): ``collab-llm prepare`` (its CLI,
+    :func:`collab_llm.data.cli.main`) into ``<work-dir>/<interactions stem>_<prepare-protocol>-<key>``, ``key`` the hash
+    of both files' contents, the prepare arguments and ``--seed``; a rerun finds it there and reuses it (checksums
+    verified). Returns that folder for ``--data``; with ``--dry-run`` prints the prepare command and returns ``None``
+    if the folder is not there yet."""
+    from collab_llm.data.cli import main as prepare_main
+    from collab_llm.errors import UserError
+    from collab_llm.fingerprint import canonical_sha256, sha256_file, verify_split
+
+    if ns.data is not None:
+        raise UserError(f"--interactions {ns.interactions}: give either --data DIR (a prepared split) or "
+                        "--interactions FILE --items FILE, not both")
+    if ns.items is None:
+        raise UserError(f"--interactions {ns.interactions}: --items FILE is required too (the item file with titles)")
+    for flag, path in (("--interactions", ns.interactions), ("--items", ns.items)):
+        if not Path(path).is_file():
+            raise UserError(f"{flag} {path}: no such file")
+    args = ["--interactions", str(ns.interactions), "--items", str(ns.items), "--protocol", ns.prepare_protocol,
+            "--seed", str(ns.seed), *extra]
+    key = canonical_sha256({"files": [sha256_file(ns.interactions), sha256_file(ns.items)], "args": args[4:]})
+    out = Path(ns.work_dir) / f"{Path(ns.interactions).stem}_{ns.prepare_protocol}-{key[:8]}"
+    command = f"collab-llm prepare {shlex.join([*args, '--out', str(out)])}"
+    if (out / "manifest.json").is_file():
+        verify_split(out)
+        if ns.dry_run:
+            print(f"# the split, prepared earlier\n# {command}", flush=True)
+    elif ns.dry_run:
+        print(f"# the split, prepared first\n{command}\n# then the methods on {out} (their commands need the "
+              "split: rerun --dry-run after preparing it)", flush=True)
+        return None
+    else:
+        print(f"[compare] preparing {ns.interactions} -> {out}", flush=True)
+        prepare_main([*args, "--out", str(out)])
+    return str(out)
 
 
 def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str) -> Path:
@@ -151,8 +195,14 @@ def export_report(report_dir: Path, dest: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``collab-llm compare``."""
     parser = _parser("collab-llm compare")
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and ns.interactions is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     start = time.perf_counter()
+    if ns.interactions is not None:
+        ns.data = prepare_own(ns, extra)
+        if ns.data is None:  # --dry-run before the split exists: its prepare command was printed
+            return 0
     ns.protocol = _protocols(ns)
     if ns.cf_model is not None and len(ns.protocol) > 1:
         parser.error("--cf-model applies to one protocol")
@@ -192,6 +242,8 @@ def _finish(ns: argparse.Namespace, report_dir: Path, prog: str, argv: Sequence[
 def main_job(argv: Sequence[str] | None = None) -> int:
     """``collab-llm main``: the quick next-item comparison on MovieLens-100K with SmolLM2-135M."""
     ns = _parser("collab-llm main").parse_args(argv)
+    if ns.interactions is not None:
+        _parser("collab-llm main").error("--interactions: use collab-llm compare (main is the MovieLens job)")
     comp = _comparison(ns)
     if ns.dry_run:
         print("\n".join(comp.commands()), flush=True)
