@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import torch
 
 from collab_llm import compare
-from collab_llm.compare import INTERVALS, PROTOCOLS, Comparison, report_records, split_task
+from collab_llm.compare import INTERVALS, Comparison, report_records
 from collab_llm.io import write_json
+from collab_llm.presets import PROTOCOLS, split_task
 from collab_llm.prompts import WORDINGS
 from collab_llm.report import write_report
 from collab_llm.runs import PROFILES

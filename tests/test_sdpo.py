@@ -340,7 +340,7 @@ def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method,
 def test_compare_preference_methods_args_and_validation(tmp_path):
     from dataclasses import replace
 
-    from collab_llm import compare
+    from collab_llm import compare, presets
     from collab_llm.runs import PROFILES
 
     profile = replace(PROFILES["smoke"], llm_steps=5)
@@ -358,7 +358,7 @@ def test_compare_preference_methods_args_and_validation(tmp_path):
         assert ("--model.cf_model_path" in args) == (start != "tallrec")
         assert comp.model_config(method).learning_rate == 1e-5  # the stage's fragment wins
         assert run.model.preference_start_from == tmp_path / "r" / "runs" / start / "bundle" and run.model.regime == regime
-    assert compare.start_method("llara+sdpo") == "llara" and compare.start_method("llara") is None
+    assert presets.start_method("llara+sdpo") == "llara" and presets.start_method("llara") is None
     with pytest.raises(ValueError, match="list 'llara' before it"):
         compare.Comparison("nextitem", ["llara+sdpo", "llara"], profile, tmp_path, tmp_path / "r")
     with pytest.raises(ValueError, match="preference stage"):
