@@ -24,7 +24,9 @@ candidates, under the same step budget; list ``X`` before it. The report pairs i
 
 Every LLM method is the LightningCLI run of ``configs/llm/trainer/cpu.yaml`` +
 ``configs/llm/data/<protocol>.yaml`` + ``configs/llm/model/<method>.yaml`` (a preference stage: its
-start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides, so the report's commands can be rerun by hand. Each finished run writes
+start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides: a typed
+:class:`collab_llm.runs.LLMRun` (:meth:`Comparison.llm_run`), whose command the report records and ``--dry-run``
+prints, so it can be rerun by hand. Each finished run writes
 ``<report>/runs/<method>/result.json`` (atomically) with its fingerprint (:meth:`Comparison.run_fingerprint`:
 seed, budget, backbone, method config, split and CF model hashes); a rerun skips a finished run only when
 its fingerprint is the same, so an interrupted comparison resumes where it stopped, and refuses one made
