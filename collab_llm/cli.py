@@ -112,11 +112,11 @@ def _dispatch(argv: list[str]) -> int:
 
         return llm_main([command, *rest]) or 0
     if command == "compare":
-        from collab_llm.compare import main as compare_main
+        from collab_llm.compare_cli import main as compare_main
 
         return compare_main(rest) or 0
     if command == "main":
-        from collab_llm.compare import main_job
+        from collab_llm.compare_cli import main_job
 
         return main_job(rest) or 0
     if command == "verify":

@@ -11,7 +11,8 @@ One comparison = one data protocol + a list of methods:
 
 Any prepared split (``--data DIR``, e.g. a user's own interactions prepared by ``collab-llm prepare
 --interactions FILE --items FILE --protocol loo``) takes the place of the MovieLens preset: the protocol is
-read from its manifest, the CF model is ``--cf-model DIR`` or trained here on it, the prompts' item wording is
+read from its manifest (``--interactions FILE --items FILE`` prepares one into the work folder first, see
+:func:`collab_llm.compare_cli.prepare_own`), the CF model is ``--cf-model DIR`` or trained here on it, the prompts' item wording is
 ``--item-word`` (default ``item``). ``--methods sasrec`` (or ``mf``) scores the CF model alone on the rows the
 LLMs are scored on.
 
@@ -23,7 +24,9 @@ candidates, under the same step budget; list ``X`` before it. The report pairs i
 
 Every LLM method is the LightningCLI run of ``configs/llm/trainer/cpu.yaml`` +
 ``configs/llm/data/<protocol>.yaml`` + ``configs/llm/model/<method>.yaml`` (a preference stage: its
-start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides, so the report's commands can be rerun by hand. Each finished run writes
+start's fragment + ``configs/llm/model/<sdpo|dpo>.yaml``) with the profile's budget as overrides: a typed
+:class:`collab_llm.runs.LLMRun` (:meth:`Comparison.llm_run`), whose command the report records and ``--dry-run``
+prints, so it can be rerun by hand. Each finished run writes
 ``<report>/runs/<method>/result.json`` (atomically) with its fingerprint (:meth:`Comparison.run_fingerprint`:
 seed, budget, backbone, method config, split and CF model hashes); a rerun skips a finished run only when
 its fingerprint is the same, so an interrupted comparison resumes where it stopped, and refuses one made
@@ -35,16 +38,14 @@ finished with its metrics and trained on that split); the report folder is locke
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shlex
-import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,17 @@ import torch
 
 from collab_llm.io import atomic_file, write_json
 from collab_llm.metrics import Estimate
+from collab_llm.presets import (
+    CONFIGS,
+    PREFERENCE_STAGES,
+    PROTOCOLS,
+    Protocol,
+    ProtocolSpec,
+    config_name,
+    own_baseline,
+    split_method,
+    split_task,
+)
 from collab_llm.prompts import WORDINGS, with_wording
 from collab_llm.report import (
     differences_table,
@@ -60,176 +72,14 @@ from collab_llm.report import (
     paired_difference_records,
     write_report,
 )
-
-Protocol = Literal["nextitem", "yesno"]
-#: the shipped configs: package data (``collab_llm/configs``, a link to the repository's ``configs/`` in a
-#: checkout), so compare finds them from an installed wheel; fingerprints name them relative to the package
-PACKAGE = Path(__file__).resolve().parent
-CONFIGS = PACKAGE / "configs"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """The shared budget of one comparison.
-
-    Args:
-        name: profile name (recorded in the report).
-        llm_steps: optimizer steps of every LLM method (same for all: same budget).
-        batch_size: training prompts per step.
-        test_rows: evaluate on a seeded random sample of ``test_rows`` rows of the test table
-            (``None``: all), the same sample for every method (:func:`collab_llm.datamodule.sample_rows`).
-            Every method, CF models included, is scored on exactly these rows.
-        generate: next-item only: also generate answers (greedy) and parse them (the papers'
-            HR@1 and ValidRatio).
-        max_new_tokens: generation length cap.
-        cf_max_epochs: cap on CF training epochs (``None``: the config's, with early stopping).
-        dtype: backbone dtype (trainable parts stay fp32); ``"auto"``: bfloat16 where the CPU (or GPU)
-            multiplies bf16 natively, else float32 (:func:`collab_llm.backbone.resolve_dtype`).
-        n_bootstrap: bootstrap resamples for the 95% intervals.
-        eval_batch_size: prompts per evaluation batch.
-        warmup_steps: linear learning-rate warm-up of every LLM method (then cosine decay to 0 at
-            ``llm_steps``); the configs' 20 warm-up steps would outlast the short profiles.
-        per_protocol: fields that differ by protocol (a Yes/No row costs one forward of a short
-            prompt, a next-item row a long prompt plus 20 candidates or a generation).
-    """
-
-    name: str
-    llm_steps: int
-    batch_size: int
-    test_rows: int | None
-    generate: bool
-    max_new_tokens: int
-    cf_max_epochs: int | None
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    n_bootstrap: int = 1000
-    eval_batch_size: int = 8
-    warmup_steps: int = 1
-    per_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def for_protocol(self, protocol: str) -> "Profile":
-        """This profile with ``per_protocol[protocol]``'s fields applied (the overrides themselves dropped)."""
-        return replace(self, **self.per_protocol.get(protocol, {}), per_protocol={})
-
-
-PROFILES: dict[str, Profile] = {
-    # the README's main job: about 10 minutes of compute on a 2-core machine
-    "quick": Profile("quick", llm_steps=8, batch_size=2, test_rows=32, generate=False, max_new_tokens=32,
-                     cf_max_epochs=8),
-    # the README's results (results/): both protocols within 90 minutes on a 2-core machine. Sized from
-    # costs measured by bench/injection_learning.py (SmolLM2-135M, bf16 weights on an AVX512-BF16 CPU,
-    # 2 threads): 48 steps of 8 text prompts ~600 s on ML-100K and ~375 s on Yes/No, ranking 100
-    # next-item test rows ~70 s (+ ~2 s a row generated, 64 new tokens at most, as LLaRA), the head's
-    # alignment pass over the same 384 prompts ~60 s. On an fp32-only CPU expect about 1.5x longer.
-    "full": Profile("full", llm_steps=48, batch_size=8, test_rows=100, generate=True, max_new_tokens=64,
-                    cf_max_epochs=None, warmup_steps=3,
-                    per_protocol={"yesno": {"test_rows": 500}}),
-    # tests: tiny models, seconds
-    "smoke": Profile("smoke", llm_steps=2, batch_size=2, test_rows=4, generate=True, max_new_tokens=4,
-                     cf_max_epochs=1, dtype="float32", n_bootstrap=50, eval_batch_size=2),
-}
-
-
-@dataclass(frozen=True)
-class ProtocolSpec:
-    """Where a protocol's data, CF model and configs come from."""
-
-    dataset: str  # collab-llm prepare --dataset
-    prepare_protocol: str  # collab-llm prepare --protocol
-    split_name: str  # folder under the work dir
-    cf_method: str  # the CF model alone ("sasrec" / "mf")
-    cf_config: Path
-    data_config: Path
-    default_methods: tuple[str, ...]
-    llm_methods: dict[str, Path]  # method -> model config fragment
-    train_table: str | None = None  # the LLMs' training table (None: the data config's)
-    own_cf_config: Path | None = None  # the CF config trained on a user's split (``--data`` without ``--cf-model``)
-
-
-PROTOCOLS: dict[str, ProtocolSpec] = {
-    "nextitem": ProtocolSpec(
-        dataset="ml-100k", prepare_protocol="loo", split_name="ml100k_loo", cf_method="sasrec",
-        cf_config=CONFIGS / "cf" / "sasrec_ml100k_loo.yaml",
-        data_config=CONFIGS / "llm" / "data" / "ml100k_loo.yaml",
-        default_methods=("sasrec", "tallrec", "llara", "ilora", "head", "head_l4"),
-        own_cf_config=CONFIGS / "cf" / "sasrec_loo.yaml",  # early-stops on validation, no epoch count tuned on ML-100K
-        llm_methods={
-            "tallrec": CONFIGS / "llm" / "model" / "tallrec.yaml",
-            "llara": CONFIGS / "llm" / "model" / "llara.yaml",
-            "ilora": CONFIGS / "llm" / "model" / "ilora.yaml",
-            # not a paper's: the item-scoring head fitted in closed form (README "Injection that learns")
-            "head": CONFIGS / "llm" / "model" / "head.yaml",
-            "head_l4": CONFIGS / "llm" / "model" / "head_l4.yaml",  # the head reading decoder block 4
-        },
-    ),
-    "yesno": ProtocolSpec(
-        dataset="ml-1m", prepare_protocol="collm", split_name="ml1m_collm", cf_method="mf",
-        cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",
-        data_config=CONFIGS / "llm" / "data" / "ml1m_collm.yaml",
-        default_methods=("mf", "tallrec", "collm", "head", "head_l4"),
-        llm_methods={
-            "tallrec": CONFIGS / "llm" / "model" / "tallrec_collm.yaml",
-            "collm": CONFIGS / "llm" / "model" / "collm_yes_no.yaml",
-            "head": CONFIGS / "llm" / "model" / "head_yes_no.yaml",
-            "head_l4": CONFIGS / "llm" / "model" / "head_l4_yes_no.yaml",
-        },
-        # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
-        train_table="train_256",
-        own_cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",  # early-stops on validation AUC
-    ),
-}
-
-
-def split_task(split_dir: Path) -> str:
-    """The comparison protocol (``nextitem`` / ``yesno``) of a prepared split folder, from its manifest's
-    ``protocol`` (``nextitem/loo``, ``yesno/collm``, ...); a folder that is not such a split is a
-    one-line :class:`~collab_llm.errors.UserError` naming ``--data``."""
-    from collab_llm.errors import UserError
-    from collab_llm.fingerprint import split_manifest, verify_split
-
-    if not (Path(split_dir) / "manifest.json").is_file():
-        raise UserError(f"--data {split_dir}: not a prepared split (no manifest.json); write one with "
-                        "collab-llm prepare --interactions FILE --items FILE --protocol loo --out DIR")
-    verify_split(split_dir)
-    protocol = str(split_manifest(split_dir).get("protocol", ""))
-    task = protocol.split("/", 1)[0]
-    if task not in PROTOCOLS:
-        raise UserError(f"--data {split_dir}: a {protocol!r} split; compare needs a next-item split (prepare "
-                        "--protocol loo or llara) or a Yes/No one (--protocol collm or tallrec)")
-    return task
-
-
-#: preference stage -> its model fragment, composed after the start method's (``<method>+<stage>``)
-PREFERENCE_STAGES: dict[str, Path] = {
-    "sdpo": CONFIGS / "llm" / "model" / "sdpo.yaml",
-    "dpo": CONFIGS / "llm" / "model" / "dpo.yaml",
-}
-
-
-def config_name(path: Path) -> str:
-    """A shipped config's name in reports and fingerprints: ``configs/llm/model/llara.yaml``, wherever installed."""
-    return str(path.relative_to(PACKAGE))
-
-
-def split_method(method: str) -> tuple[str, str | None]:
-    """``"llara+sdpo"`` -> ``("llara", "sdpo")``; ``"llara"`` -> ``("llara", None)``."""
-    start, plus, stage = method.partition("+")
-    return (start, stage) if plus else (method, None)
-
-
-def start_method(method: str) -> str | None:
-    """A preference stage's supervised start (its paired-difference baseline); ``None`` for other methods."""
-    start, stage = split_method(method)
-    return start if stage is not None else None
-
-
-#: a named improvement -> the method it improves on (the report pairs them, as it pairs X+sdpo with X)
-VARIANT_OF: dict[str, str] = {"head_l4": "head"}
-
-
-def own_baseline(method: str) -> str | None:
-    """The run a method is paired with besides TALLRec: a preference stage's start, a variant's original."""
-    return start_method(method) or VARIANT_OF.get(method)
-
+from collab_llm.runs import (
+    DataSettings,
+    LLMRun,
+    ModelSettings,
+    Profile,
+    TrainerSettings,
+    composed_model,
+)
 
 # ---------------------------------------------------------------------------------------- records
 TEXT_BASELINE = "tallrec"  # every other run with per-row predictions gets a paired difference to it
@@ -342,7 +192,7 @@ class Comparison:
             if stage not in PREFERENCE_STAGES or start not in spec.llm_methods or self.protocol != "nextitem":
                 raise UserError(f"{method!r}: a preference stage is <next-item LLM method>+<"
                                 f"{'|'.join(PREFERENCE_STAGES)}>; known LLM methods: {sorted(spec.llm_methods)}")
-            if self.model_setting(start, "scorer") == "head":
+            if self.model_config(start).scorer == "head":
                 raise UserError(f"{method!r}: a preference stage trains answer likelihoods; {start!r} scores with a head")
             if start not in self.methods[:i]:
                 raise UserError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
@@ -457,97 +307,78 @@ class Comparison:
 
     def test_rows(self) -> pd.DataFrame:
         """The shared test rows (read once, after the split is prepared): what every method is scored on."""
-        if self._test_rows is None:
-            from collab_llm.datamodule import sample_rows
-
-            test = pd.read_parquet(self.split_dir / "test.parquet")
-            n = self.profile.test_rows
-            self._test_rows = test if n is None else sample_rows(test, n, self.seed)  # = RecDataModule(test_sample=n)
+        if self._test_rows is None:  # the LLM runs' own test sample (their DataSettings)
+            self._test_rows = self.data_settings().test_rows(pd.read_parquet(self.split_dir / "test.parquet"))
         return self._test_rows
 
-    def llm_args(self, method: str) -> list[str]:
+    def llm_run(self, method: str) -> LLMRun:
+        """The LightningCLI run of an LLM method: the trainer, data and model fragments with the profile's budget,
+        this comparison's seed, split, CF model and backbone, and the method's own overrides."""
         p = self.profile
-        run_dir = self.run_dir(method)
-        args = [
-            "--config", str(CONFIGS / "llm" / "trainer" / "cpu.yaml"),
-            "--config", str(self.spec.data_config),
-            *[a for path in self.model_configs(method) for a in ("--config", str(path))],
-            "--seed_everything", str(self.seed),
-            "--model.backbone_path", self.backbone_path(),
-            "--model.dtype", p.dtype,
-            "--model.seed", str(self.seed),
-            "--model.n_bootstrap", str(p.n_bootstrap),
-            "--model.warmup_steps", str(p.warmup_steps),
-            "--data.data_dir", str(self.split_dir),
-            "--data.batch_size", str(p.batch_size),
-            "--data.eval_batch_size", str(p.eval_batch_size),
-            "--data.seed", str(self.seed),
-            "--trainer.max_steps", str(p.llm_steps),
-            "--trainer.max_epochs", "-1",
-            "--trainer.limit_val_batches", "0",
-            "--trainer.log_every_n_steps", "1",
-            "--trainer.logger.init_args.save_dir", str(run_dir),
-            "--trainer.logger.init_args.name", "logs",
-        ]
-        if p.test_rows is not None:
-            args += ["--data.test_sample", str(p.test_rows), "--data.test_sample_seed", str(self.seed)]
-        if self.protocol == "nextitem":
-            args += ["--model.eval_generation", str(p.generate).lower(), "--model.max_new_tokens", str(p.max_new_tokens)]
         start, stage = split_method(method)
-        if self.uses_cf_model(method):
-            args += ["--model.cf_model_path", str(self.cf_dir)]
-        if stage is not None:
-            # the start's finished run is the stage's start and frozen reference; hybrid starts train on
-            # hybrid prompts throughout (no curriculum, no CoLLM stages in a preference stage)
-            args += ["--model.preference.start_from", str(self.run_dir(start) / "bundle"),
-                     "--model.regime", self.regime(method)]
-        if self.regime(method) == "two_stage":
-            # CoLLM within the shared budget: the first half of the steps is stage 1 (LoRA, text
-            # prompts), the second half stage 2 (projector, hybrid prompts)
-            args += ["--model.stage1_steps", str(max(1, p.llm_steps // 2))]
-        if self.spec.train_table is not None:
-            args += ["--data.train_table", self.spec.train_table]
-        if self.item_word is not None:  # the same template, the domain's words (collab_llm.prompts.WORDINGS)
-            args += ["--model.template", with_wording(str(self.model_setting(method, "template")), self.item_word)]
-        if self.model_setting(method, "scorer") == "head":
-            # the head scores items without generating text; its alignment pass sees the budget's prompts
-            args += ["--model.eval_generation", "false", "--model.head_init_rows", str(p.llm_steps * p.batch_size)]
-        return args
+        fragments = self.model_fragments(method)
+        model = composed_model(fragments)
+        head = model.scorer == "head"  # scores items without generating text; aligns on the budget's prompts
+        regime = self.regime(method)
+        return LLMRun(
+            fragments=(CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *fragments),
+            seed_everything=self.seed,
+            model=ModelSettings(
+                backbone_path=self.backbone_path(), dtype=p.dtype, seed=self.seed, n_bootstrap=p.n_bootstrap,
+                warmup_steps=p.warmup_steps,
+                cf_model_path=self.cf_dir if self.uses_cf_model(method) else None,
+                # a preference stage starts from (and is held to) its start's finished run of this report
+                preference_start_from=None if stage is None else self.run_dir(start) / "bundle",
+                regime=None if stage is None else regime,
+                # CoLLM within the shared budget: stage 1 (LoRA, text prompts) is the first half of the steps
+                stage1_steps=max(1, p.llm_steps // 2) if regime == "two_stage" else None,
+                template=None if self.item_word is None else with_wording(str(model.template), self.item_word),
+                eval_generation=(not head and p.generate) if self.protocol == "nextitem" else (False if head else None),
+                max_new_tokens=p.max_new_tokens if self.protocol == "nextitem" else None,
+                head_init_rows=p.llm_steps * p.batch_size if head else None,
+            ),
+            data=self.data_settings(),
+            trainer=TrainerSettings(max_steps=p.llm_steps, save_dir=self.run_dir(method)),
+        )
+
+    def data_settings(self) -> DataSettings:
+        """The data overrides every LLM method shares, the test sample included (:meth:`test_rows`)."""
+        p = self.profile
+        return DataSettings(data_dir=self.split_dir, batch_size=p.batch_size, eval_batch_size=p.eval_batch_size,
+                            seed=self.seed, test_sample=p.test_rows,
+                            test_sample_seed=None if p.test_rows is None else self.seed,
+                            train_table=self.spec.train_table)
 
     def commands(self) -> list[str]:
         """The command behind each method, as its report records it, without running anything: the budget's
-        overrides spelled out (``compare --dry-run``). An LLM method is then evaluated with ``collab-llm test``
-        and the same arguments plus ``--ckpt_path <run>/logs/version_0/checkpoints/last.ckpt``."""
+        overrides spelled out (``compare --dry-run``; this is how a profile's budget is written down for users),
+        then for an LLM method the ``collab-llm test`` of its last checkpoint (compare tests the trained model)."""
         out = []
         for method in self.methods:
             if method != self.spec.cf_method:
-                out.append(f"# {method}\ncollab-llm fit {shlex.join(self.llm_args(method))}")
+                run = self.llm_run(method)
+                ckpt = run.trainer.save_dir / run.trainer.log_name / "version_0" / "checkpoints" / "last.ckpt"
+                out.append(f"# {method}\n{run.command()}\n{run.command('test')} --ckpt_path {shlex.quote(str(ckpt))}")
             elif self.cf_model is not None:
                 out.append(f"# {method}: the CF model alone, given: --cf-model {self.cf_dir}")
             else:
                 out.append(f"# {method}: the CF model alone, trained once\ncollab-llm cf fit {shlex.join(self.cf_args())}")
         return out
 
-    def model_configs(self, method: str) -> list[Path]:
+    def model_fragments(self, method: str) -> tuple[Path, ...]:
         """The model fragments of a method, in order (a preference stage: its start's, then the stage's)."""
         start, stage = split_method(method)
-        return [self.spec.llm_methods[start]] + ([PREFERENCE_STAGES[stage]] if stage is not None else [])
+        return (self.spec.llm_methods[start],) + ((PREFERENCE_STAGES[stage],) if stage is not None else ())
+
+    def model_config(self, method: str) -> Any:
+        """The ``model`` arguments a method's fragments compose to (:func:`collab_llm.runs.composed_model`)."""
+        return composed_model(self.model_fragments(method))
 
     def regime(self, method: str) -> str:
         """The ``model.regime`` of a method (a preference stage: ``text`` after a text-only start, else ``joint``)."""
         start, stage = split_method(method)
-        regime = str(self.model_setting(start, "regime", "joint"))
+        regime = str(self.model_config(start).regime)
         return regime if stage is None or regime == "text" else "joint"
-
-    def model_setting(self, method: str, key: str, default: Any = None) -> Any:
-        """A ``model`` setting of a method's config fragments, the last one that sets it (else ``default``)."""
-        import yaml
-
-        value = default
-        for path in self.model_configs(method):
-            model = yaml.safe_load(path.read_text()).get("model") or {}
-            value = (model.get("init_args") or model).get(key, value)
-        return value
 
     def base_record(self, method: str) -> dict[str, Any]:
         return {"protocol": f"{self.protocol}:{self.spec.split_name}", "method": method, "profile": self.profile.name,
@@ -579,13 +410,13 @@ class Comparison:
         from collab_llm import scoring
         from collab_llm.llm_cli import build_cli
 
-        args = self.llm_args(method)
+        run = self.llm_run(method)
         self.log(f"[compare] {method}: training {self.profile.llm_steps} steps x {self.profile.batch_size} prompts")
         start = time.perf_counter()
         with warnings.catch_warnings():
             # we pass args on purpose while sys.argv holds this command's own arguments
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-            cli = build_cli(["fit", *args])  # (quiet_known_noise: no litlogger tip, no known deprecations)
+            cli = build_cli(["fit", *run.args()])  # (quiet_known_noise: no litlogger tip, no known deprecations)
         train_s = time.perf_counter() - start
         model, trainer = cli.model, cli.trainer
         self.log(f"[compare] {method}: trained in {train_s:.0f} s; evaluating")
@@ -600,8 +431,8 @@ class Comparison:
         n_params = sum(p.numel() for p in model.trainable_parameters())  # LoRA + projector (+ iLoRA gate)
         base = self.base_record(method) | {
             "train_s": train_s, "eval_s": eval_s, "trainable_params": int(n_params),
-            "command": "collab-llm fit " + shlex.join(args),
-            "config": " + ".join(config_name(p) for p in self.model_configs(method)),
+            "command": run.command(),
+            "config": " + ".join(config_name(p) for p in self.model_fragments(method)),
         }
         n = self.profile.n_bootstrap
         if self.protocol == "nextitem":
@@ -645,7 +476,7 @@ class Comparison:
             # (cf_model_sha256 below: weights + the config it was trained with) says it all, trained here or given
             configs = [self.spec.cf_config] if self.data is None and self.cf_model is None else []
         else:
-            configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_configs(method)]
+            configs = [CONFIGS / "llm" / "trainer" / "cpu.yaml", self.spec.data_config, *self.model_fragments(method)]
         out: dict[str, Any] = {
             "seed": self.seed, "profile": json.loads(json.dumps(asdict(self.profile))),
             "method_config_sha256": canonical_sha256({config_name(c): c.read_text() for c in configs}),
@@ -825,209 +656,3 @@ def read_loss_curve(metrics_csv: Path) -> list[tuple[int, float]]:
         return []
     frame = frame.dropna(subset=[col])
     return [(int(s), float(v)) for s, v in zip(frame["step"], frame[col])]
-
-
-# ---------------------------------------------------------------------------------------- CLI
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", nargs="+", choices=sorted(PROTOCOLS), default=None,
-                   help="one protocol, or several: each runs into <report-dir>/<protocol>/ and a combined "
-                        "report is written in <report-dir> (default: nextitem; with --data: the split's)")
-    p.add_argument("--data", default=None,
-                   help="a prepared split of any dataset (collab-llm prepare --interactions FILE --items FILE "
-                        "--protocol loo|llara|collm|tallrec --out DIR) instead of the protocol's MovieLens preset")
-    p.add_argument("--cf-model", default=None,
-                   help="a CF model trained on that split (collab-llm cf fit --export_dir DIR; next-item: sasrec, "
-                        "Yes/No: mf); default: compare trains the protocol's CF config into <work-dir>/cf")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head head_l4; "
-                        "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
-                        "preference stage started from X's run)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    p.add_argument("--llm-steps", type=_positive_int, default=None, help="override the profile's LLM training steps")
-    p.add_argument("--test-rows", type=_positive_int, default=None, help="override the profile's number of test rows")
-    p.add_argument("--work-dir", default="work", help="prepared splits and CF models (shared by comparisons)")
-    p.add_argument("--item-word", choices=sorted(WORDINGS), default=None,
-                   help="how the prompts name items (movie: the templates' MovieLens wording; book, product, item); "
-                        "default: movie on the presets, item with --data")
-    p.add_argument("--report-dir", default=None, help="default: reports/<protocol or --data folder name>-<profile>")
-    p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the command behind each method (the profile's budget spelled out) and run nothing")
-    p.add_argument("--export", default=None,
-                   help="also copy the report's files (results.md/.csv/.json, PNGs; no runs, no weights) here")
-    return p
-
-
-def _protocols(ns: argparse.Namespace) -> list[str]:
-    """``--protocol`` as given, else the ``--data`` split's, else ``nextitem``."""
-    from collab_llm.errors import UserError
-
-    if ns.data is None:
-        return ns.protocol or ["nextitem"]
-    task = split_task(Path(ns.data))
-    if ns.protocol not in (None, [task]):
-        raise UserError(f"--protocol {' '.join(ns.protocol)}: --data {ns.data} is one {task} split (leave --protocol out)")
-    return [task]
-
-
-def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir: Path | None = None) -> Comparison:
-    protocol = protocol or _protocols(ns)[0]
-    profile = PROFILES[ns.profile].for_protocol(protocol)
-    if ns.llm_steps is not None:
-        profile = replace(profile, llm_steps=ns.llm_steps)
-    if ns.test_rows is not None:
-        profile = replace(profile, test_rows=ns.test_rows)
-    methods = ns.methods or list(PROTOCOLS[protocol].default_methods)
-    name = Path(ns.data).resolve().name if ns.data is not None else protocol
-    report = report_dir or Path(ns.report_dir or f"reports/{name}-{profile.name}")
-    item_word = ns.item_word or ("item" if ns.data is not None else None)
-    return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
-                      item_word=item_word, data=None if ns.data is None else Path(ns.data),
-                      cf_model=None if ns.cf_model is None else Path(ns.cf_model))
-
-
-def write_combined(comparisons: Sequence[Comparison], out_dir: Path, title: str) -> Path:
-    """One report over several comparisons' finished runs (records, metric plots, loss curves)."""
-    paths, curves = [], {}
-    for comp in comparisons:
-        for m in comp.methods:
-            path = comp.run_dir(m) / "result.json"
-            if path.exists():
-                paths.append(path)
-                curve = json.loads(path.read_text()).get("loss_curve") or []
-                if curve:
-                    curves[f"{comp.protocol}/{m}"] = [tuple(x) for x in curve]
-    pre = "".join(
-        f"- `{c.protocol}` ({c.spec.split_name}): profile `{c.profile.name}` ({c.profile}), seed {c.seed}.\n"
-        for c in comparisons
-    ) + f"\n{INTERVALS}\n"
-    return write_report(report_records(paths), out_dir, curves, title=title, preamble=pre)
-
-
-def write_run_info(report_dir: Path, command: str, wall_s: float, comparisons: Sequence[Comparison]) -> Path:
-    """``<report_dir>/run_info.json``: the machine and the wall time of the commands that wrote the report
-    (the README's generated tables state them). ``resumed`` lists the runs this command found finished.
-    A command that resumed runs adds itself to the previous ``invocations`` (so ``wall_s``, their sum,
-    covers every run of the report); one that ran everything starts a new list."""
-    import resource
-
-    from collab_llm.backbone import cpu_description, resolve_dtype
-
-    this = {
-        "command": command, "wall_s": round(wall_s, 1),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime()),
-        "cpu": cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "resumed": [f"{c.protocol}/{m}" for c in comparisons for m in c.skipped],
-    }
-    path = report_dir / "run_info.json"
-    previous: list[dict[str, Any]] = []
-    if this["resumed"] and path.exists():
-        try:
-            old = json.loads(path.read_text())
-            previous = list(old.get("invocations") or [{k: v for k, v in old.items() if k != "protocols"}])
-        except (ValueError, AttributeError):
-            previous = []
-    invocations = previous + [this]
-    info = dict(this)  # the latest invocation's fields, then the totals
-    info.update(
-        wall_s=round(sum(float(i["wall_s"]) for i in invocations), 1),
-        peak_rss_gb=max(float(i["peak_rss_gb"]) for i in invocations),
-        invocations=invocations,
-        protocols={c.protocol: {"profile": asdict(c.profile), "dtype": resolve_dtype(c.profile.dtype),
-                                "methods": list(c.methods), "test_rows": len(c.test_rows())} for c in comparisons},
-    )
-    write_json(path, info)
-    return path
-
-
-def export_report(report_dir: Path, dest: Path) -> None:
-    """Copy a report's files (no runs: no weights, no predictions) into ``dest``."""
-    import shutil
-
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in sorted(report_dir.iterdir()):
-        if path.is_file() and path.suffix in (".md", ".csv", ".json", ".png"):
-            shutil.copy2(path, dest / path.name)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``collab-llm compare``."""
-    parser = _parser("collab-llm compare")
-    ns = parser.parse_args(argv)
-    start = time.perf_counter()
-    ns.protocol = _protocols(ns)
-    if ns.cf_model is not None and len(ns.protocol) > 1:
-        parser.error("--cf-model applies to one protocol")
-    if ns.dry_run:
-        if ns.methods is not None and len(ns.protocol) > 1:
-            parser.error("--methods applies to one protocol; with several, each runs its default methods")
-        for protocol in ns.protocol:
-            print("\n".join(_comparison(ns, protocol).commands()), flush=True)
-        return 0
-    if len(ns.protocol) == 1:
-        comps = [_comparison(ns)]
-        comps[0].run()
-        report_dir = comps[0].report_dir
-    else:
-        if ns.methods is not None:
-            parser.error("--methods applies to one protocol; with several, each runs its default methods")
-        report_dir = Path(ns.report_dir or f"reports/{'+'.join(ns.protocol)}-{ns.profile}")
-        comps = [_comparison(ns, p, report_dir / p) for p in ns.protocol]
-        for comp in comps:
-            comp.run()
-        path = write_combined(comps, report_dir, title=f"collab-llm: {' + '.join(ns.protocol)}, profile {ns.profile}")
-        print(f"[compare] combined report: {path}", flush=True)
-    _finish(ns, report_dir, "collab-llm compare", argv, time.perf_counter() - start, comps)
-    return 0
-
-
-def _finish(ns: argparse.Namespace, report_dir: Path, prog: str, argv: Sequence[str] | None, wall_s: float,
-            comps: Sequence[Comparison]) -> None:
-    """Write ``run_info.json`` and copy the report to ``--export`` (if given)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    write_run_info(report_dir, " ".join([prog, shlex.join(args)]).strip(), wall_s, comps)
-    if ns.export:
-        export_report(report_dir, Path(ns.export))
-        print(f"[compare] report files copied to {ns.export}", flush=True)
-
-
-def main_job(argv: Sequence[str] | None = None) -> int:
-    """``collab-llm main``: the quick next-item comparison on MovieLens-100K with SmolLM2-135M."""
-    ns = _parser("collab-llm main").parse_args(argv)
-    comp = _comparison(ns)
-    if ns.dry_run:
-        print("\n".join(comp.commands()), flush=True)
-        return 0
-    print(
-        f"collab-llm main: next-item comparison on MovieLens-100K (leave-one-out, 20 candidates) with "
-        f"SmolLM2-135M on the CPU: {', '.join(comp.methods)}; profile '{comp.profile.name}' "
-        f"({comp.profile.llm_steps} LoRA steps of {comp.profile.batch_size} prompts per LLM method, "
-        f"{comp.profile.test_rows} test users). About 3 minutes on 2 cores with native bf16 (measured: 3.1), about 8 with fp32 "
-        f"only (measured: 7.4), plus the set-up "
-        f"on a first run; finished runs are skipped on a rerun. Report: {comp.report_dir}/results.md",
-        flush=True,
-    )
-    start = time.perf_counter()
-    path = comp.run()
-    wall_s = time.perf_counter() - start
-    _finish(ns, comp.report_dir, "collab-llm main", argv, wall_s, [comp])
-    print(f"collab-llm main: done in {wall_s:.0f} s; report at {path}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,6 +35,7 @@ from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noq
 
 from cf_models.base import CFModel  # noqa: E402
 from collab_llm import compare  # noqa: E402
+from collab_llm.runs import PROFILES  # noqa: E402
 from collab_llm.cli import main as cli_main  # noqa: E402
 from collab_llm.errors import USER_ERROR_EXIT, UserError  # noqa: E402
 from collab_llm.fingerprint import ALLOW_ENV, split_sha256  # noqa: E402
@@ -131,7 +132,7 @@ def make_work(t: Path) -> None:
 
 def finished_run(t: Path, **changes: object) -> None:
     """t/report/runs/sasrec/result.json of a finished run (its fingerprint with ``changes``)."""
-    comp = compare.Comparison("nextitem", ["sasrec"], compare.PROFILES["smoke"], t / "work", t / "report")
+    comp = compare.Comparison("nextitem", ["sasrec"], PROFILES["smoke"], t / "work", t / "report")
     fingerprint = {**comp.run_fingerprint("sasrec"), **changes}
     path = t / "report" / "runs" / "sasrec" / "result.json"
     path.parent.mkdir(parents=True)
@@ -552,7 +553,7 @@ def test_killed_export_leftovers_are_cleaned_and_the_rerun_finishes(base: Path, 
 def test_compare_reuses_only_finished_cf_models_and_skips_identical_runs(base: Path, tmp_path: Path) -> None:
     _copy_base(base, tmp_path, ["splitA", "cf"])
     make_work(tmp_path)
-    comp = compare.Comparison("nextitem", ["sasrec"], compare.PROFILES["smoke"], tmp_path / "work", tmp_path / "report",
+    comp = compare.Comparison("nextitem", ["sasrec"], PROFILES["smoke"], tmp_path / "work", tmp_path / "report",
                               log=lambda _: None)
     assert comp.reusable_split() and comp.reusable_cf()
     finished_run(tmp_path)
@@ -560,7 +561,7 @@ def test_compare_reuses_only_finished_cf_models_and_skips_identical_runs(base: P
     (tmp_path / "work" / "cf" / "sasrec_ml100k_loo" / "metrics.json").unlink()
     edit_json(tmp_path / "work" / "cf" / "sasrec_ml100k_loo" / "config.json", files={})
     assert not comp.reusable_cf()  # weights without metrics: an interrupted export, trained again
-    seeded = compare.Comparison("nextitem", ["sasrec"], compare.PROFILES["smoke"], tmp_path / "work", tmp_path / "r", seed=1)
+    seeded = compare.Comparison("nextitem", ["sasrec"], PROFILES["smoke"], tmp_path / "work", tmp_path / "r", seed=1)
     assert seeded.split_dir.name == "ml100k_loo-seed1" and seeded.cf_dir.name == "sasrec_ml100k_loo-seed1"
     assert not seeded.reusable_split()
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_llm_fixtures import as_compare_work, make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
 
 from collab_llm import compare  # noqa: E402
+from collab_llm.runs import PROFILES  # noqa: E402
 from collab_llm.report import REQUIRED_KEYS  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def _work(tmp_path: Path) -> tuple[Path, Path]:
 def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
     work, backbone = _work(tmp_path)
     report = tmp_path / "report"
-    profile = replace(compare.PROFILES["smoke"], test_rows=4)
+    profile = replace(PROFILES["smoke"], test_rows=4)
     comp = compare.Comparison("nextitem", ["sasrec", "llara", "ilora", "head"], profile, work, report, backbone=str(backbone))
     path = comp.run()
 
@@ -77,17 +78,19 @@ def test_compare_end_to_end_and_rerun_skips(tmp_path, monkeypatch):
 
 def test_compare_rejects_unknown_method(tmp_path):
     with pytest.raises(ValueError, match="no method"):
-        compare.Comparison("nextitem", ["collm_typo"], compare.PROFILES["smoke"], tmp_path, tmp_path / "r")
+        compare.Comparison("nextitem", ["collm_typo"], PROFILES["smoke"], tmp_path, tmp_path / "r")
 
 
 def test_yesno_llm_args_share_the_budget_and_few_shot_set(tmp_path):
-    profile = replace(compare.PROFILES["smoke"], llm_steps=10, test_rows=7)
+    profile = replace(PROFILES["smoke"], llm_steps=10, test_rows=7)
     comp = compare.Comparison("yesno", ["tallrec", "collm"], profile, tmp_path, tmp_path / "r", seed=3)
 
     def value(args, flag):
         return args[args.index(flag) + 1] if flag in args else None
 
-    collm, tallrec = comp.llm_args("collm"), comp.llm_args("tallrec")
+    collm, tallrec = comp.llm_run("collm").args(), comp.llm_run("tallrec").args()
+    assert comp.llm_run("collm").data == comp.llm_run("tallrec").data == comp.data_settings()
+    assert (comp.data_settings().test_sample, comp.data_settings().test_sample_seed) == (7, 3)  # typed, not strings
     assert value(collm, "--model.stage1_steps") == "5"  # half of the shared 10 steps is CoLLM's stage 1
     assert value(tallrec, "--model.stage1_steps") is None
     for args in (collm, tallrec):
@@ -97,14 +100,14 @@ def test_yesno_llm_args_share_the_budget_and_few_shot_set(tmp_path):
 
 
 def test_head_method_scores_without_generation_and_aligns_on_the_budget(tmp_path):
-    profile = replace(compare.PROFILES["smoke"], llm_steps=6, batch_size=4, generate=True)
+    profile = replace(PROFILES["smoke"], llm_steps=6, batch_size=4, generate=True)
     for protocol in ("nextitem", "yesno"):
         comp = compare.Comparison(protocol, ["head"], profile, tmp_path, tmp_path / "r", backbone="unused")
-        args = comp.llm_args("head")
+        args = comp.llm_run("head").args()
         last = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}  # the last value wins
         assert last["--model.head_init_rows"] == "24"  # the same 24 training prompts as every method
         assert last["--model.eval_generation"] == "false"
-        assert comp.model_setting("head", "scorer") == "head" and comp.regime("head") == "joint"
+        assert comp.model_config("head").scorer == "head" and comp.regime("head") == "joint"
 
 
 def test_test_sample_is_the_rows_compare_scores(tmp_path):
@@ -130,7 +133,7 @@ def test_run_info_adds_a_resuming_invocation_and_restarts_on_a_fresh_one(tmp_pat
     import json
     from types import SimpleNamespace
 
-    from collab_llm.compare import PROFILES, write_run_info
+    from collab_llm.compare_cli import write_run_info
 
     def comp(skipped):
         return SimpleNamespace(protocol="nextitem", skipped=skipped, profile=PROFILES["smoke"], methods=["sasrec", "head"],

@@ -162,3 +162,59 @@ def test_dry_run_prints_each_methods_command_and_runs_nothing(tmp_path, capsys, 
         assert piece in llara, piece
     assert "configs/llm/model/sdpo.yaml" in out.split("# llara+sdpo\n")[1]
     assert not (tmp_path / "work" / "cf").exists() and not Path("reports/shop_loo-quick").exists()
+
+
+def test_dry_run_spells_out_the_full_profile(tmp_path, capsys):
+    """The README's full budget without reading code: every override the full profile makes, and the test step."""
+    split = prepare(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["compare", "--dry-run", "--data", str(split), "--profile", "full", "--methods", "llara", "head",
+                     "--backbone", "some/backbone", "--work-dir", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    fit, test = out.split("# llara\n")[1].splitlines()[:2]
+    for piece in ("--trainer.max_steps 48", "--data.batch_size 8", "--data.test_sample 100", "--model.warmup_steps 3",
+                  "--model.eval_generation true", "--model.max_new_tokens 64", "--model.dtype auto",
+                  "--model.n_bootstrap 1000", "--trainer.limit_val_batches 0"):
+        assert piece in fit, piece
+    assert test.startswith("collab-llm test " + fit[len("collab-llm fit "):] + " --ckpt_path ")
+    assert test.endswith("runs/llara/logs/version_0/checkpoints/last.ckpt")
+    head = out.split("# head\n")[1].splitlines()[0]
+    assert "--model.head_init_rows 384" in head and "--model.eval_generation false" in head
+
+
+def test_compare_prepares_a_users_csv_itself(tmp_path, capsys, monkeypatch):
+    """``compare --interactions --items`` + prepare's column flags: one step from a CSV (prepare's own CLI into the
+    work folder); --dry-run first prepares nothing; a rerun reuses the split; refusals name the flag."""
+    interactions, items = write_user_csv(tmp_path / "shop")
+    columns = ["--user-col", "customer", "--item-col", "sku", "--rating-col", "stars", "--timestamp-col", "ts",
+               "--item-id-col", "sku", "--title-col", "name", "--n-candidates", "5"]
+    common = ["--interactions", str(interactions), "--items", str(items), *columns, "--methods", "sasrec",
+              "--profile", "smoke", "--work-dir", str(tmp_path / "work"), "--report-dir", str(tmp_path / "r")]
+    capsys.readouterr()
+    assert cli.main(["compare", "--dry-run", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# the split, prepared first\ncollab-llm prepare --interactions ") and "--user-col customer" in out
+    assert not (tmp_path / "work").exists()
+
+    assert cli.main(["compare", *common]) == 0
+    (split,) = (p for p in (tmp_path / "work").iterdir() if p.name.startswith("purchases_loo-"))
+    assert json.loads((split / "manifest.json").read_text())["protocol"] == "nextitem/loo"
+    records = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert {r["protocol"] for r in records} == {f"nextitem:{split.name}"}
+
+    import collab_llm.data.cli as prepare_cli
+
+    monkeypatch.setattr(prepare_cli, "main", lambda *a, **k: pytest.fail("the prepared split was prepared again"))
+    capsys.readouterr()
+    assert cli.main(["compare", "--dry-run", *common]) == 0
+    assert "# the split, prepared earlier" in capsys.readouterr().out
+    assert cli.main(["compare", *common]) == 0  # the finished run is skipped too
+
+    for args, expected in ((["--interactions", str(interactions)], "--items FILE is required"),
+                           (["--interactions", str(tmp_path / "nope.csv"), "--items", str(items)], "no such file"),
+                           (["--data", str(split), "--interactions", str(interactions), "--items", str(items)], "not both")):
+        code = cli.main(["compare", *args, "--work-dir", str(tmp_path / "work")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and expected in err and "\n" not in err, (args, err)
+    with pytest.raises(SystemExit):  # prepare's flags only with --interactions
+        cli.main(["compare", "--user-col", "customer", "--work-dir", str(tmp_path / "work")])

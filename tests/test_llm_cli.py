@@ -120,3 +120,30 @@ def test_fragments_compose(tmp_path, monkeypatch, trainer_cfg, data_cfg, model_c
         assert llm is not None
     key = "val/auc" if task == "yes_no" else "val/hr@1"
     assert key in cli.model.last_metrics
+
+
+def _merged(*docs: dict) -> dict:
+    """YAML documents composed as ``--config a --config b`` composes them: mappings merge, later values win."""
+    out: dict = {}
+    for doc in docs:
+        for key, value in doc.items():
+            old = out.get(key)
+            out[key] = _merged(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+@pytest.mark.parametrize("name", ["tallrec", "llara", "collm", "ilora"])
+def test_experiment_config_is_its_fragments_composition(name):
+    """An experiment file is a one-file copy of the fragments its header names (``# = a + b + c``), plus only
+    ``model.dtype: float32`` and its logger's name: the copies cannot drift from the fragments compare runs."""
+    from collab_llm.runs import composed_model
+
+    path = CONFIGS / "experiments" / f"{name}.yaml"
+    header = next(line for line in path.read_text().splitlines() if line.startswith("# = "))
+    repo = CONFIGS.parents[1]
+    fragments = [repo / part.strip() for part in header[len("# = "):].split("+")]
+    assert [f.parent.name for f in fragments] == ["trainer", "data", "model"], header
+    expected = _merged(*(load(f) for f in fragments),
+                       {"model": {"dtype": "float32"}, "trainer": {"logger": {"init_args": {"name": name}}}})
+    assert load(path) == expected
+    assert composed_model(fragments[2:]).regime == expected["model"]["regime"]  # the fragments parse as the CLI reads them

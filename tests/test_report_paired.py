@@ -25,6 +25,7 @@ from cf_models.mf import MatrixFactorization, MFConfig
 from cf_models.synthetic import write_synthetic_split
 from collab_llm import compare, metrics, report, scoring
 from collab_llm.module import write_predictions
+from collab_llm.runs import PROFILES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_llm_fixtures import as_compare_work, make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
@@ -48,7 +49,7 @@ def _yesno_work(tmp_path: Path) -> Path:
 
 
 def _comparison(tmp_path: Path, methods: list[str]) -> compare.Comparison:
-    profile = replace(compare.PROFILES["smoke"], test_rows=None, n_bootstrap=100)
+    profile = replace(PROFILES["smoke"], test_rows=None, n_bootstrap=100)
     return compare.Comparison("yesno", methods, profile, _yesno_work(tmp_path), tmp_path / "report",
                               backbone="unused-backbone", log=lambda msg: None)
 
@@ -201,7 +202,7 @@ def test_nextitem_compare_reports_paired_differences_from_real_runs(tmp_path):
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
     shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
     as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
-    profile = replace(compare.PROFILES["smoke"], test_rows=4, generate=False)
+    profile = replace(PROFILES["smoke"], test_rows=4, generate=False)
     comp = compare.Comparison("nextitem", ["tallrec", "llara"], profile, work, tmp_path / "report",
                               backbone=str(make_backbone_dir(tmp_path, "llama")), log=lambda msg: None)
     comp.run()

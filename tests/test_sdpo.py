@@ -340,13 +340,15 @@ def test_preference_fragments_fit_through_the_cli(tmp_path, monkeypatch, method,
 def test_compare_preference_methods_args_and_validation(tmp_path):
     from dataclasses import replace
 
-    from collab_llm import compare
+    from collab_llm import compare, presets
+    from collab_llm.runs import PROFILES
 
-    profile = replace(compare.PROFILES["smoke"], llm_steps=5)
+    profile = replace(PROFILES["smoke"], llm_steps=5)
     comp = compare.Comparison("nextitem", ["tallrec", "llara", "tallrec+sdpo", "llara+dpo"], profile, tmp_path,
                               tmp_path / "r", backbone="unused")
     for method, start, regime, stage in (("tallrec+sdpo", "tallrec", "text", "sdpo"), ("llara+dpo", "llara", "joint", "dpo")):
-        args = comp.llm_args(method)
+        run = comp.llm_run(method)
+        args = run.args()
         last = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}
         assert last["--model.preference.start_from"] == str(tmp_path / "r" / "runs" / start / "bundle")
         assert last["--model.regime"] == regime and comp.regime(method) == regime
@@ -354,8 +356,9 @@ def test_compare_preference_methods_args_and_validation(tmp_path):
         configs = [args[i + 1] for i, a in enumerate(args) if a == "--config"]
         assert configs[-2:] == [str(comp.spec.llm_methods[start]), str(compare.PREFERENCE_STAGES[stage])]
         assert ("--model.cf_model_path" in args) == (start != "tallrec")
-        assert comp.model_setting(method, "learning_rate") == 1e-5  # the stage's fragment wins
-    assert compare.start_method("llara+sdpo") == "llara" and compare.start_method("llara") is None
+        assert comp.model_config(method).learning_rate == 1e-5  # the stage's fragment wins
+        assert run.model.preference_start_from == tmp_path / "r" / "runs" / start / "bundle" and run.model.regime == regime
+    assert presets.start_method("llara+sdpo") == "llara" and presets.start_method("llara") is None
     with pytest.raises(ValueError, match="list 'llara' before it"):
         compare.Comparison("nextitem", ["llara+sdpo", "llara"], profile, tmp_path, tmp_path / "r")
     with pytest.raises(ValueError, match="preference stage"):
@@ -376,9 +379,10 @@ def test_compare_smoke_with_preference_stages(tmp_path):
 
     from collab_llm import compare
     from collab_llm.bundle import BundleConfig
+    from collab_llm.runs import PROFILES
 
     work, backbone = _work(tmp_path)
-    profile = replace(compare.PROFILES["smoke"], test_rows=4, generate=False)
+    profile = replace(PROFILES["smoke"], test_rows=4, generate=False)
     report = tmp_path / "report"
     comp = compare.Comparison("nextitem", ["tallrec", "tallrec+sdpo", "llara", "llara+dpo"], profile, work, report,
                               backbone=str(backbone), log=lambda msg: None)
