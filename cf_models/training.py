@@ -14,7 +14,6 @@ logged as ``valid/<name>`` and ``test/<name>`` (e.g. ``valid/ndcg@10``, ``test/a
 from __future__ import annotations
 
 import copy
-import math
 from typing import Literal
 
 import lightning as L
@@ -27,18 +26,10 @@ from cf_models.evaluate import Evaluator
 from cf_models.mf import MatrixFactorization, MFConfig
 from cf_models.sasrec import SASRec, SASRecConfig
 from collab_llm.errors import UserError, require_at_least_one
+from collab_llm.schedules import warmup_cosine
 
 
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, floor: float = 0.0) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warm-up over
-    ``warmup_steps``, then a cosine decay from 1 to ``floor`` at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class CFTask(L.LightningModule):

@@ -47,7 +47,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cf_models.training import warmup_cosine
 from collab_llm.adapters import ILoRA, LoRA
 from collab_llm.backbone import DType
 from collab_llm.errors import UserError
@@ -58,6 +57,7 @@ from collab_llm.prompts import Mode, PromptTemplate, Task
 from collab_llm.provenance import MADE_FROM_KEY, check_cf_against_data, check_checkpoint_made_from, run_made_from
 from collab_llm.recommender import HeadLoss, Recommender, Scorer, upgrade_state_keys
 from collab_llm.regimes import Regime, check_regime, eval_mode, groups_moved, hybrid_probability, train_mode
+from collab_llm.schedules import warmup_cosine
 from collab_llm.sdpo import PreferenceConfig, PreferenceStage
 from projectors.mlp import ProjectorKind
 
