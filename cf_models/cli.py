@@ -36,6 +36,14 @@ USAGE = __doc__
 class CFLightningCLI(LightningCLI):
     """LightningCLI with catalog sizes linked from the data module and export arguments."""
 
+    def init_parser(self, **kwargs):  # noqa: ANN003, ANN201 - LightningCLI's
+        """LightningCLI's parser (also each subcommand's), reporting a bad flag or value in one line."""
+        from collab_llm.errors import one_line_parser_errors
+
+        parser = super().init_parser(**kwargs)
+        one_line_parser_errors(parser, "collab-llm cf fit|test")
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--export_dir", type=str | None, default=None,
                             help="write the best model here with save_pretrained (+ metrics.json)")

@@ -25,6 +25,8 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (Warning, r".*`is_gradient_checkpointing` is deprecated"),
     (Warning, r"Found \d+ module\(s\) in eval mode at the start of training"),
     (Warning, r".*`training_step` returned `None`"),
+    # the collab-llm dispatcher hands LightningCLI the arguments it was given (sys.argv holds the same ones)
+    (Warning, r"LightningCLI's args parameter is intended to run from within Python"),
 )
 _TIP = "try installing [litlogger]"
 

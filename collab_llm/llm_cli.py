@@ -26,6 +26,14 @@ from collab_llm.module import CollabLLM
 class CollabLLMCLI(LightningCLI):
     """LightningCLI with the model/data links of collab-llm."""
 
+    def init_parser(self, **kwargs):  # noqa: ANN003, ANN201 - LightningCLI's
+        """LightningCLI's parser (also each subcommand's), reporting a bad flag or value in one line."""
+        from collab_llm.errors import one_line_parser_errors
+
+        parser = super().init_parser(**kwargs)
+        one_line_parser_errors(parser, "collab-llm fit|validate|test|predict")
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.link_arguments("model.init_args.backbone_path", "data.tokenizer_path")
         parser.link_arguments("model.init_args.template", "data.template")
