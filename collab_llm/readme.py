@@ -17,7 +17,8 @@ Sections:
 - ``own_data``: ``results/own_data_planted/`` (``collab-llm compare --data <planted split> --export ...``): the
   "Your own data" commands, timed on the planted dataset.
 - ``injection_planted_l4``, ``length_grouping``, ``sdpo_step``: the benches' ``--out`` files;
-  ``sdpo_ml100k``: ``results/sdpo_ml100k/`` (``compare --methods X X+sdpo --export`` + ``stage_stats.json``).
+  ``sdpo_ml100k`` / ``sdpo_planted``: ``results/sdpo_ml100k/``, ``results/sdpo_planted/`` (``compare --methods X
+  X+sdpo --export`` + ``stage_stats.json``).
 
 Usage::
 
@@ -303,6 +304,10 @@ def render_sdpo_step(r: dict[str, Any], root: Path = ROOT) -> str:
             f"The reference is a frozen copy of {r['reference_numel']:,} trainable values, not a second backbone.\n")
 
 
+_STAGE_STATS = (("loss", "S-DPO loss"), ("reward_margin", "reward margin (positive - negatives)"),
+                ("reward_accuracy", "reward accuracy"), ("reference_top1", "reference ranks the positive first among 1 + k"))
+
+
 def render_preference(records: list[dict[str, Any]], root: Path, folder: str) -> str:
     """Markdown of a supervised method vs the same + a preference stage (``compare --methods X X+sdpo``),
     with the paired difference to the start and the stage's logged quantities (``stage_stats.json``)."""
@@ -324,14 +329,21 @@ def render_preference(records: list[dict[str, Any]], root: Path, folder: str) ->
             lines += ["", f"Paired over the same rows, {m} minus {start}: HR@1 "
                           f"{_cell(by[(protocol, m, 'all', f'diff_vs_{start}_hr@1')], signed=True)}, NDCG@10 "
                           f"{_cell(by[(protocol, m, 'all', f'diff_vs_{start}_ndcg@10')], signed=True)} (95% paired bootstrap)."]
-    stats_path = root / folder / "stage_stats.json"
-    if stats_path.exists():
-        st = json.loads(stats_path.read_text())
+    # stage_stats.json (one stage), or stage_stats*.json (one per stage: the log's run named in the table)
+    stats = [json.loads(p.read_text()) for p in sorted((root / folder).glob("stage_stats*.json"))]
+    if len(stats) == 1:
+        st = stats[0]
         lines += ["", f"The stage's log (`{st['command']}`), means over the first / last {st['window']} of its {st['steps']} steps:", "",
                   "| | first steps | last steps |", "|---|---|---|"]
-        for key, label in (("loss", "S-DPO loss"), ("reward_margin", "reward margin (positive - negatives)"),
-                           ("reward_accuracy", "reward accuracy"), ("reference_top1", "reference ranks the positive first among 1 + k")):
+        for key, label in _STAGE_STATS:
             lines.append(f"| {label} | {st[key + '_first']:.3f} | {st[key + '_last']:.3f} |")
+    elif stats:
+        names = [re.search(r"runs/([^/]+)/logs", st["log"]).group(1) for st in stats]
+        lines += ["", f"The stages' logs (`python bench/sdpo_stage_stats.py <run>/logs/.../metrics.csv --out ...`), means over "
+                      f"the first -> last {stats[0]['window']} of their {stats[0]['steps']} steps:", "",
+                  "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for key, label in _STAGE_STATS:
+            lines.append(f"| {label} | " + " | ".join(f"{st[key + '_first']:.3f} -> {st[key + '_last']:.3f}" for st in stats) + " |")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -346,6 +358,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "length_grouping": ("results/length_grouping.json", render_length_grouping),
     "sdpo_step": ("results/sdpo_step.json", render_sdpo_step),
     "sdpo_ml100k": ("results/sdpo_ml100k/results.json", lambda recs, root: render_preference(recs, root, "results/sdpo_ml100k")),
+    "sdpo_planted": ("results/sdpo_planted/results.json", lambda recs, root: render_preference(recs, root, "results/sdpo_planted")),
     "full_profile": ("results/results.json", _comparison_section("results")),
     "main_job": ("results/main_job/results.json", _comparison_section("results/main_job")),
     "own_data": ("results/own_data_planted/results.json", _comparison_section("results/own_data_planted")),
