@@ -51,9 +51,7 @@ from collab_llm.adapters import ILoRA, LoRA
 from collab_llm.backbone import DType
 from collab_llm.errors import UserError
 from collab_llm.evaluation import eval_metrics, gather_rows, write_predictions
-from collab_llm.heads import ItemScoringHead
-from collab_llm.injection import SoftTokenInjector
-from collab_llm.prompts import Mode, PromptTemplate, Task
+from collab_llm.prompts import Mode
 from collab_llm.provenance import MADE_FROM_KEY, check_cf_against_data, check_checkpoint_made_from, run_made_from
 from collab_llm.recommender import HeadLoss, Recommender, Scorer, upgrade_state_keys
 from collab_llm.regimes import Regime, check_regime, eval_mode, groups_moved, hybrid_probability, train_mode
@@ -64,6 +62,11 @@ from projectors.mlp import ProjectorKind
 EvalPrompt = Literal["auto", "text", "hybrid"]
 _EVAL_SETTINGS = ("eval_prompt", "eval_generation", "max_new_tokens", "num_beams", "length_normalize", "n_bootstrap",
                   "predictions_dir")
+
+
+def _recommender_part(name: str) -> property:
+    """A read-only property of :class:`CollabLLM` returning ``self.recommender.<name>``."""
+    return property(lambda self: getattr(self.recommender, name), doc=f"``self.recommender.{name}``")
 
 
 class CollabLLM(L.LightningModule):
@@ -339,52 +342,18 @@ class CollabLLM(L.LightningModule):
         return eval_mode(self.regime, step, int(self.hparams.stage1_steps))
 
     # ------------------------------------------------------------------ the recommender's parts
-    @property
-    def llm(self) -> nn.Module:
-        """The peft model (``self.recommender.llm``)."""
-        return self.recommender.llm
-
-    @property
-    def injector(self) -> SoftTokenInjector:
-        return self.recommender.injector
-
-    @property
-    def head(self) -> ItemScoringHead | None:
-        return self.recommender.head
-
-    @property
-    def template(self) -> PromptTemplate:
-        return self.recommender.template
-
-    @property
-    def task(self) -> Task:
-        return self.recommender.task
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.recommender.tokenizer
-
-    @property
-    def placeholder_ids(self) -> dict[str, int]:
-        return self.recommender.placeholder_ids
-
-    @property
-    def scorer(self) -> Scorer:
-        return self.recommender.scorer
-
-    @property
-    def yes_no_loss(self) -> str:
-        return self.recommender.yes_no_loss
-
-    @property
-    def yes_id(self) -> int:
-        return self.recommender.yes_id
-
-    @property
-    def no_id(self) -> int:
-        return self.recommender.no_id
-
-    _view = staticmethod(Recommender.view)
+    # read-only views of ``self.recommender``'s parts (``module.llm`` is ``module.recommender.llm``)
+    llm = _recommender_part("llm")
+    injector = _recommender_part("injector")
+    head = _recommender_part("head")
+    template = _recommender_part("template")
+    task = _recommender_part("task")
+    tokenizer = _recommender_part("tokenizer")
+    placeholder_ids = _recommender_part("placeholder_ids")
+    scorer = _recommender_part("scorer")
+    yes_no_loss = _recommender_part("yes_no_loss")
+    yes_id = _recommender_part("yes_id")
+    no_id = _recommender_part("no_id")
 
     def embed(self, view: dict[str, torch.Tensor], prompt_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`collab_llm.recommender.Recommender.embed`."""

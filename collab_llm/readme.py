@@ -329,18 +329,13 @@ def render_preference(records: list[dict[str, Any]], root: Path, folder: str) ->
             lines += ["", f"Paired over the same rows, {m} minus {start}: HR@1 "
                           f"{_cell(by[(protocol, m, 'all', f'diff_vs_{start}_hr@1')], signed=True)}, NDCG@10 "
                           f"{_cell(by[(protocol, m, 'all', f'diff_vs_{start}_ndcg@10')], signed=True)} (95% paired bootstrap)."]
-    # stage_stats.json (one stage), or stage_stats*.json (one per stage: the log's run named in the table)
+    # stage_stats*.json: one per stage (the log's run names its column)
     stats = [json.loads(p.read_text()) for p in sorted((root / folder).glob("stage_stats*.json"))]
-    if len(stats) == 1:
-        st = stats[0]
-        lines += ["", f"The stage's log (`{st['command']}`), means over the first / last {st['window']} of its {st['steps']} steps:", "",
-                  "| | first steps | last steps |", "|---|---|---|"]
-        for key, label in _STAGE_STATS:
-            lines.append(f"| {label} | {st[key + '_first']:.3f} | {st[key + '_last']:.3f} |")
-    elif stats:
+    if stats:
         names = [re.search(r"runs/([^/]+)/logs", st["log"]).group(1) for st in stats]
-        lines += ["", f"The stages' logs (`python bench/sdpo_stage_stats.py <run>/logs/.../metrics.csv --out ...`), means over "
-                      f"the first -> last {stats[0]['window']} of their {stats[0]['steps']} steps:", "",
+        commands = "; ".join(f"`{st['command']}`" for st in stats)
+        lines += ["", f"The stages' logs ({commands}), means over the first -> last {stats[0]['window']} of their "
+                      f"{stats[0]['steps']} steps:", "",
                   "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for key, label in _STAGE_STATS:
             lines.append(f"| {label} | " + " | ".join(f"{st[key + '_first']:.3f} -> {st[key + '_last']:.3f}" for st in stats) + " |")
