@@ -162,7 +162,7 @@ def _fit(cli: CFLightningCLI, export_dir: str | None) -> FitResult:
         epochs_run=trainer.current_epoch, train_seconds=train_seconds, export_dir=export_dir, monitor=keep[0].monitor,
     )
     if export_dir:
-        task.model.save_pretrained(export_dir, extra_json={METRICS_NAME: result.as_dict()}, made_from=made_from(cli))
+        task.export_model().save_pretrained(export_dir, extra_json={METRICS_NAME: result.as_dict()}, made_from=made_from(cli))
     return result
 
 

@@ -2,7 +2,9 @@
 
 Trained with BPR on sampled negatives (implicit feedback, ``cf_models.training.MFTask`` with
 ``loss="bpr"``) or with pointwise BCE on explicit 0/1 labels (CoLLM's MF on the Yes/No protocol,
-``loss="bce"``). Biases are optional; the embeddings the LLM side reads never include them.
+``loss="bce"``). Biases are optional; the embeddings the LLM side reads never include them, unless
+the model is exported folded (:meth:`MatrixFactorization.folded`: ``[p_u, 1, b_u]`` and ``[q_i, b_i, 1]``,
+whose inner product is the whole score but the constant ``b``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class MFConfig:
 
     ``embedding_dim``: d. ``use_bias``: add user, item and global biases to the score.
     ``init_std``: std of the normal initialisation of the embeddings.
+    ``folded_biases``: provenance only: this model is :meth:`MatrixFactorization.folded` of a model with
+    biases (its last two embedding columns hold them).
     """
 
     n_users: int
@@ -28,6 +32,7 @@ class MFConfig:
     embedding_dim: int = 64
     use_bias: bool = False
     init_std: float = 0.1
+    folded_biases: bool = False
 
 
 class MatrixFactorization(CFModel):
@@ -56,6 +61,24 @@ class MatrixFactorization(CFModel):
     @property
     def embedding_dim(self) -> int:
         return self.config.embedding_dim
+
+    @torch.no_grad()
+    def folded(self) -> "MatrixFactorization":
+        """The same scores without bias terms: users ``[p_u, 1, b_u]``, items ``[q_i, b_i, 1]`` (d + 2 columns),
+        so the embeddings a projector injects carry the whole score; only the global bias ``b`` (a constant:
+        rankings and AUC unchanged) is dropped. Padding rows stay zero. Requires ``use_bias``."""
+        if not self.config.use_bias:
+            raise ValueError("folded(): this MatrixFactorization has no biases to fold (use_bias is false)")
+        c = self.config
+        out = MatrixFactorization(MFConfig(n_users=c.n_users, n_items=c.n_items, embedding_dim=c.embedding_dim + 2,
+                                           use_bias=False, init_std=c.init_std, folded_biases=True))
+        users = torch.cat([self.user_embedding.weight, torch.ones_like(self.user_bias.weight), self.user_bias.weight], 1)
+        items = torch.cat([self.item_embedding.weight, self.item_bias.weight, torch.ones_like(self.item_bias.weight)], 1)
+        users[0].zero_()
+        items[0].zero_()
+        out.user_embedding.weight.copy_(users)
+        out.item_embedding.weight.copy_(items)
+        return out.to(self.user_embedding.weight.dtype)
 
     def item_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         check_ids("items", items, self.config.n_items)

@@ -99,6 +99,10 @@ class CFTask(L.LightningModule):
         """The weights validation and test score (subclasses may keep an average)."""
         return self.model
 
+    def export_model(self) -> CFModel:
+        """The model ``cf fit --export_dir`` writes (subclasses may transform it: MF folds its biases)."""
+        return self.model
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluator.update(self.eval_model, batch)
 
@@ -234,6 +238,9 @@ class MFTask(CFTask):
         loss: ``"bpr"`` needs batches with ``negative`` (``InteractionDataModule``); ``"bce"`` needs
             ``label`` (``YesNoDataModule``).
         weight_decay: Adam's L2 on every parameter at every step (rows absent from the batch too).
+        fold_biases_on_export: export :meth:`~cf_models.mf.MatrixFactorization.folded` (needs ``use_bias``):
+            the biases become two embedding columns, so the LLM side's soft tokens carry them (the test
+            metrics are the unfolded model's; folding changes no ranking or AUC).
         l2_batch: L2 on the embedding rows used by the batch, ``l2_batch * sum ||row||^2 / B`` (the
             original BPR regulariser: rare items are not shrunk when they are not sampled).
         lr_schedule, warmup_steps, min_lr_ratio: see ``CFTask``.
@@ -253,15 +260,23 @@ class MFTask(CFTask):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
+        fold_biases_on_export: bool = False,
     ) -> None:
         super().__init__(lr, weight_decay, lr_schedule, warmup_steps, min_lr_ratio)
         self.save_hyperparameters()
         require_at_least_one({"--model.init_args.embedding_dim": embedding_dim})
+        if fold_biases_on_export and not use_bias:
+            raise UserError("--model.init_args.fold_biases_on_export true needs --model.init_args.use_bias true "
+                            "(there are no biases to fold)")
+        self.fold_biases_on_export = fold_biases_on_export
         self.loss_name = loss
         self.l2_batch = l2_batch
         self.model = MatrixFactorization(MFConfig(
             n_users=n_users, n_items=n_items, embedding_dim=embedding_dim, use_bias=use_bias, init_std=init_std,
         ))
+
+    def export_model(self) -> CFModel:
+        return self.model.folded() if self.fold_biases_on_export else self.model
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.loss_name == "bpr":

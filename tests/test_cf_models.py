@@ -281,3 +281,32 @@ def test_sasrec_ema_weights_average_the_steps_and_are_evaluated():
         torch.testing.assert_close(task.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
     with pytest.raises(ValueError, match="ema_decay must be"):
         SASRecTask(n_items=5, ema_decay=1.0)
+
+
+def test_mf_folded_keeps_every_score_but_the_global_constant_and_needs_biases():
+    mf = _mf()
+    with torch.no_grad():
+        for table in (mf.user_bias, mf.item_bias):
+            table.weight.normal_()  # trained biases are not zero
+            table.weight[0].zero_()
+        mf.global_bias.fill_(0.3)
+    folded = mf.folded()
+    assert folded.embedding_dim == mf.embedding_dim + 2 and not folded.config.use_bias and folded.config.folded_biases
+    users = torch.tensor([1, 2, 3])
+    items = torch.tensor([[4, 5, 6], [7, 8, 9], [1, 2, 12]])
+    torch.testing.assert_close(folded.pair_scores(items, users=users), mf.pair_scores(items, users=users) - 0.3)
+    torch.testing.assert_close(folded.full_scores(users=users)[:, 1:], mf.full_scores(users=users)[:, 1:] - 0.3)
+    assert not folded.item_embeddings(torch.tensor([0])).any() and not folded.user_embeddings(torch.tensor([0])).any()
+    plain = MatrixFactorization(MFConfig(n_users=4, n_items=5, embedding_dim=3))
+    with pytest.raises(ValueError, match="no biases to fold"):
+        plain.folded()
+
+
+def test_mf_task_exports_the_folded_model_only_when_asked_and_only_with_biases():
+    from collab_llm.errors import UserError
+
+    task = MFTask(n_users=3, n_items=4, embedding_dim=2, use_bias=True, fold_biases_on_export=True, loss="bce")
+    assert task.export_model().embedding_dim == 4 and task.model.embedding_dim == 2  # training keeps the biased model
+    assert MFTask(n_users=3, n_items=4, embedding_dim=2, use_bias=True, loss="bce").export_model() is not None
+    with pytest.raises(UserError, match="use_bias true"):
+        MFTask(n_users=3, n_items=4, embedding_dim=2, fold_biases_on_export=True, loss="bce")
