@@ -116,6 +116,14 @@ def recipes(task: str) -> dict[str, Recipe]:
         # block 4, least squares onto +-e_item (chosen on Yes/No validation rows)
         "head_l4": Recipe("head_l4", "head_yes_no", "joint", scorer="head", projector="scaled_collm_mlp",
                           lora_alpha=16.0, lora_dropout=0.05, fine_tune=False, head_layer=4, head_target="signed_item"),
+        # block 4 reading the user's token, least squares onto the injected user vector (with the folded MF,
+        # --yesno-cf-config configs/cf/mf_collm_ml1m_folded.yaml, that vector carries the biases too), and
+        # its ablation: the prompt reduced to the user's soft token
+        "head_l4_user": Recipe("head_l4_user", "head_yes_no", "joint", scorer="head", projector="scaled_collm_mlp",
+                               lora_alpha=16.0, lora_dropout=0.05, fine_tune=False, head_layer=4, head_target="user"),
+        "head_l4_user_only": Recipe("head_l4_user_only", "head_user_only", "joint", scorer="head",
+                                    projector="scaled_collm_mlp", lora_alpha=16.0, lora_dropout=0.05, fine_tune=False,
+                                    head_layer=4, head_target="user"),
         "head_collm_prompt": Recipe("head_collm_prompt", "collm_movielens", "joint", scorer="head",
                                     projector="scaled_collm_mlp", lr=5e-4, projector_lr=3e-3, lora_alpha=16.0,
                                     lora_dropout=0.05),
@@ -396,8 +404,11 @@ def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> 
     from collab_llm.metrics import auc_estimate, paired_auc_difference
 
     work = Path(args.work)
-    cf_dir, cf_train_s = train_cf(split, ROOT / "configs" / "cf" / "mf_collm_ml1m.yaml", work / "cf" / "mf_ml1m_collm",
-                                  args.seed, None)
+    config = Path(args.yesno_cf_config)
+    # the shipped config keeps its old folder name (models trained before the option existed are reused)
+    name = "mf_ml1m_collm" if config.stem == "mf_collm_ml1m" else config.stem
+    cf_dir, cf_train_s = train_cf(split, config, work / "cf" / name, args.seed, None)
+    result["yesno_cf_config"] = str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)
     rows = sample_rows(pd.read_parquet(split / f"{args.table}.parquet"), args.yesno_rows, args.seed)
     labels = rows["label"].to_numpy()
     users = rows["user"].to_numpy()
@@ -443,6 +454,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--hybrid", default="head", help="the next-item recipe reported as 'hybrid'")
     p.add_argument("--yesno-methods", nargs="+", default=["text", "head"])
     p.add_argument("--yesno-hybrid", default="head")
+    p.add_argument("--yesno-cf-config", default=str(ROOT / "configs" / "cf" / "mf_collm_ml1m.yaml"),
+                   help="the MF config trained for the Yes/No part (e.g. configs/cf/mf_collm_ml1m_nobias.yaml: "
+                        "CoLLM's MF without bias terms)")
     p.add_argument("--yesno-train", choices=("few", "all"), default="all",
                    help="LLM training rows for Yes/No: the few-shot train_256 or all of train (drawn in order of the seeded shuffle)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",

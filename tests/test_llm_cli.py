@@ -39,6 +39,8 @@ def overrides(tmp_path: Path, task: str, model_cfg: dict, family: str = "llama")
         args += ["--model.adapter.target_modules", "[c_attn]"]
     if model_cfg["model"].get("regime") == "two_stage":
         args += ["--model.stage1_steps", "1"]
+    if (model_cfg["model"].get("head_layer") or 0) > 2:
+        args += ["--model.head_layer", "2"]  # the tiny backbones have 2 decoder blocks
     return args
 
 
@@ -95,6 +97,7 @@ def test_llara_test_subcommand_and_main(tmp_path, monkeypatch):
         ("cpu", "ml1m_collm", "tallrec_collm", "yes_no"),
         ("cpu", "ml100k_loo", "head", "next_item"),
         ("cpu", "ml1m_collm", "head_yes_no", "yes_no"),
+        ("cpu", "ml1m_collm", "head_l4_user_yes_no", "yes_no"),
     ],
 )
 def test_fragments_compose(tmp_path, monkeypatch, trainer_cfg, data_cfg, model_cfg, task):
