@@ -275,6 +275,26 @@ def _comparison_section(folder: str) -> Callable[[Any, Path], str]:
     return render
 
 
+def render_learning_curve(r: dict[str, Any], root: Path = ROOT) -> str:
+    """Markdown of one ``bench/llara_learning_curve.py`` result (the budgets measured so far)."""
+    budgets = sorted(r["budgets"], key=int)
+    lines = [f"Measured by `{r['command']}` on {_cpu_name(r['cpu'])}, {r['threads']} threads, backbone {r['dtype']}: "
+             f"`{r['method']}` trained from the same start at each budget (batch {r['batch_size']}, lr {r['lr']:g}, "
+             f"warm-up {r['warmup_fraction']} of the steps, the curriculum and cosine schedule spanning each run), "
+             f"scored on the same {r['rows']} {r['table']} rows. Chance HR@1 {r['chance_hr1']:.3f}; SASRec alone on "
+             f"these rows: HR@1 {_ci(r['sasrec']['hr1'], r['sasrec']['hr1_ci'])}.", "",
+             "| training prompts (steps) | HR@1 | NDCG@10 | soft tokens permuted: HR@1 | Spearman with SASRec's scores | "
+             "training loss first / last eighth | train s | train tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for b in budgets:
+        e = r["budgets"][b]
+        perm = _ci(e["permuted"]["hr1"], e["permuted"]["hr1_ci"]) if "permuted" in e else ""
+        lines.append(f"| {int(b):,} ({e['steps']}) | {_ci(e['hr1'], e['hr1_ci'])} | {_ci(e['ndcg10'], e['ndcg10_ci'])} | "
+                     f"{perm} | {e['spearman_vs_sasrec']:+.3f} | {e['loss_first']:.3f} / {e['loss_last']:.3f} | "
+                     f"{e['train_s']:.0f} | {e['tok_s']:.0f} |")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def render_length_grouping(r: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown of one ``bench/length_grouping.py`` result."""
     lines = [f"Measured by `{r['command']}` on {_cpu_name(r['cpu'])}, {r['threads']} threads: the first {r['batches']} training "
@@ -350,6 +370,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_planted_l4": ("results/injection_planted_l4.json", render_injection),
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
+    "llara_curve": ("results/llara_curve.json", render_learning_curve),
     "length_grouping": ("results/length_grouping.json", render_length_grouping),
     "sdpo_step": ("results/sdpo_step.json", render_sdpo_step),
     "sdpo_ml100k": ("results/sdpo_ml100k/results.json", lambda recs, root: render_preference(recs, root, "results/sdpo_ml100k")),

@@ -70,3 +70,55 @@ def test_precision_bench_times_both_precisions_on_a_tiny_model(tmp_path):
         assert result[f"{recipe}_step_s_fp32"] > 0 and result[f"{recipe}_step_s_bf16"] > 0
         assert result[f"{recipe}_loss_rel_diff"] < 0.05  # the same model in bf16: equal loss within rounding
     assert result["auto_dtype"] in ("float32", "bfloat16") and (tmp_path / "p.json").is_file()
+
+
+def test_learning_curve_runs_each_budget_once_and_continues_its_file(tmp_path):
+    from test_llm_fixtures import make_cf_dirs, make_split
+
+    bench = load_bench("llara_learning_curve")
+    split = make_split(tmp_path, "next_item")
+    out = tmp_path / "curve.json"
+    common = ["--split", str(split), "--cf-model", str(make_cf_dirs(tmp_path)["sasrec"]),
+              "--backbone", str(make_backbone_dir(tmp_path, "llama")), "--batch-size", "2", "--eval-batch-size", "3",
+              "--rows", "4", "--permute-from", "4", "--n-bootstrap", "20", "--dtype", "float32", "--threads", "1",
+              "--out", str(out)]
+    first = bench.main(["--budgets", "2", *common])
+    assert set(first["budgets"]) == {"2"} and "permuted" not in first["budgets"]["2"]  # below --permute-from
+    entry = first["budgets"]["2"]
+    assert entry["steps"] == 1 and 0.0 <= entry["hr1"] <= 1.0 and -1.0 <= entry["spearman_vs_sasrec"] <= 1.0
+    second = bench.main(["--budgets", "2", "4", *common])  # continues: budget 2 is read back, not retrained
+    assert second["budgets"]["2"] == entry and set(second["budgets"]) == {"2", "4"}
+    assert "permuted" in second["budgets"]["4"] and second["budgets"]["4"]["steps"] == 2
+    with pytest.raises(SystemExit):  # another setting: refused, the file is left as it was
+        bench.main(["--budgets", "2", *common[:-2], "--rows", "5", "--out", str(out)])
+    assert set(__import__("json").loads(out.read_text())["budgets"]) == {"2", "4"}
+    with pytest.raises(SystemExit):
+        bench.main(["--budgets", "3", *common])  # not a multiple of the batch size
+    from collab_llm import readme
+
+    text = readme.render_learning_curve(second)
+    assert "| 2 (1) |" in text and "| 4 (2) |" in text
+
+
+def test_mf_bias_share_reads_each_part_of_the_score_on_the_same_rows(tmp_path):
+    import torch
+
+    from cf_models import MatrixFactorization, MFConfig
+    from test_llm_fixtures import N_ITEMS, N_USERS, make_split
+
+    split = make_split(tmp_path, "yes_no")
+    mf = MatrixFactorization(MFConfig(n_users=N_USERS, n_items=N_ITEMS, embedding_dim=4, use_bias=True))
+    with torch.no_grad():
+        mf.item_bias.weight.normal_()
+    mf.save_pretrained(tmp_path / "mf")
+    bench = load_bench("mf_bias_share")
+    result = bench.main(["--split", str(split), "--cf-model", str(tmp_path / "mf"), "--rows", "6", "--tables", "valid",
+                         "--out", str(tmp_path / "share.json")])
+    for part in ("full", "dot", "item_bias", "user_bias", "dot_plus_item_bias"):
+        assert 0.0 <= result[f"valid_auc_{part}"] <= 1.0
+    assert not any(k.startswith("test_") for k in result)
+    mf.folded().save_pretrained(tmp_path / "folded")
+    from collab_llm.errors import UserError
+
+    with pytest.raises(UserError, match="with biases"):
+        bench.main(["--split", str(split), "--cf-model", str(tmp_path / "folded"), "--tables", "valid"])
