@@ -54,7 +54,7 @@ def _cpu_name(cpu: dict[str, Any]) -> str:
 
 
 def _cpu(r: dict[str, Any]) -> str:
-    return f"{_cpu_name(r['cpu'])}, {r['threads']} threads, backbone {r['dtype']}"
+    return f"{_cpu_name(r['cpu'])}, {r['threads']} thread{'' if r['threads'] == 1 else 's'}, backbone {r['dtype']}"
 
 
 _LABELS = {
@@ -66,6 +66,8 @@ _LABELS = {
     "head_l4_last": "ablation: head_l4, prompt reduced to the last item's soft token",
     "llara": "LLaRA (hybrid, curriculum, likelihood)",
     "collm": "CoLLM (two stages)",
+    "head_l4_user": "**head_l4_user** (block 4 read at the user's token, least squares onto the injected user vector)",
+    "head_l4_user_only": "ablation: head_l4_user, prompt reduced to the user's soft token",
 }
 
 
@@ -108,7 +110,8 @@ def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
         lines.append("")
     if "yesno_auc_mf" in r:
         lines += [f"**ML-1M Yes/No (CoLLM preset)**, {r.get('yesno_rows', '')} test rows of {r.get('yesno_users', '')} users "
-                  f"(AUC intervals: users resampled); the LLM methods train on the same prompts drawn from `train`", "",
+                  f"(AUC intervals: users resampled); the LLM methods train on the same prompts drawn from `train`"
+                  + (f"; the MF (alone and injected): `{r['yesno_cf_config']}`" if "yesno_cf_config" in r else ""), "",
                   "| method | AUC | train s |", "|---|---|---|"]
         found = [k[len("yesno_auc_"):] for k in r if k.startswith("yesno_auc_") and not k.endswith("_ci")]
         ordered = [n for n in ("mf", "text") if n in found] + [n for n in found if n not in ("mf", "text", "hybrid")]
@@ -368,6 +371,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_ml100k": ("results/injection_ml100k.json", render_injection),
     "injection_yesno": ("results/injection_yesno.json", render_injection),
     "injection_planted_l4": ("results/injection_planted_l4.json", render_injection),
+    "injection_yesno_folded": ("results/injection_yesno_folded.json", render_injection),
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
     "llara_curve": ("results/llara_curve.json", render_learning_curve),
