@@ -286,12 +286,12 @@ def render_learning_curve(r: dict[str, Any], root: Path = ROOT) -> str:
              f"warm-up {r['warmup_fraction']} of the steps, the curriculum and cosine schedule spanning each run), "
              f"scored on the same {r['rows']} {r['table']} rows. Chance HR@1 {r['chance_hr1']:.3f}; SASRec alone on "
              f"these rows: HR@1 {_ci(r['sasrec']['hr1'], r['sasrec']['hr1_ci'])}.", "",
-             "| training prompts (steps) | HR@1 | NDCG@10 | soft tokens permuted: HR@1 | Spearman with SASRec's scores | "
+             "| training prompts (steps) | HR@1 | NDCG@10 | soft tokens permuted: HR@1 / NDCG@10 | Spearman with SASRec's scores | "
              "training loss first / last eighth | train s | train tokens/s |",
              "|---|---|---|---|---|---|---|---|"]
     for b in budgets:
         e = r["budgets"][b]
-        perm = _ci(e["permuted"]["hr1"], e["permuted"]["hr1_ci"]) if "permuted" in e else ""
+        perm = (f"{e['permuted']['hr1']:.3f} / {e['permuted']['ndcg10']:.3f}") if "permuted" in e else ""
         lines.append(f"| {int(b):,} ({e['steps']}) | {_ci(e['hr1'], e['hr1_ci'])} | {_ci(e['ndcg10'], e['ndcg10_ci'])} | "
                      f"{perm} | {e['spearman_vs_sasrec']:+.3f} | {e['loss_first']:.3f} / {e['loss_last']:.3f} | "
                      f"{e['train_s']:.0f} | {e['tok_s']:.0f} |")
