@@ -389,6 +389,12 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
             result[f"{part}_hr1_permuted"] = result[f"{part}_hr1_{hybrid}_permuted"]
         result[f"{part}_train_s"] = result[f"{part}_train_s_{hybrid}"]
         result[f"{part}_hr1_hybrid_over_sasrec"] = round(result[f"{part}_hr1_hybrid"] / max(result[f"{part}_hr1_sasrec"], 1e-9), 3)
+    for other in [n for n in args.methods if hybrid and n not in ("text", hybrid) and n in per_row]:
+        for k in ("hr1", "ndcg10"):  # the hybrid against every other LLM method (e.g. its ablation), same rows
+            v, lo, hi = paired_diff(per_row[hybrid][k], per_row[other][k], args.n_bootstrap, args.seed)
+            result[f"{part}_diff_{k}_vs_{other}"] = round(v, 4)
+            result[f"{part}_diff_{k}_vs_{other}_ci"] = [round(lo, 4), round(hi, 4)]
+            log(f"[{part}] {hybrid} - {other}, paired over the same {len(rows)} rows: {k} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     if text and hybrid:
         for k in ("hr1", "ndcg10"):
             v, lo, hi = paired_diff(per_row[hybrid][k], per_row[text][k], args.n_bootstrap, args.seed)
@@ -413,6 +419,7 @@ def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> 
     labels = rows["label"].to_numpy()
     users = rows["user"].to_numpy()
     result["yesno_rows"] = len(rows)
+    result["yesno_hybrid_name"] = args.yesno_hybrid
     result["yesno_users"] = int(len(np.unique(users)))
     scores: dict[str, np.ndarray] = {"mf": cf_scores(cf_dir, rows, "yes_no")}
     all_recipes = recipes("yes_no")
@@ -433,6 +440,13 @@ def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> 
         log(f"[yesno] {name:>8}: AUC {result[f'yesno_auc_{name}']:.4f} {result[f'yesno_auc_{name}_ci']} (users resampled)")
     if args.yesno_hybrid in scores:
         result["yesno_auc_hybrid"] = result[f"yesno_auc_{args.yesno_hybrid}"]
+    for other in [n for n in args.yesno_methods if n not in ("text", args.yesno_hybrid) and args.yesno_hybrid in scores]:
+        est = paired_auc_difference(labels, scores[args.yesno_hybrid], scores[other], users=users,
+                                    n_resamples=args.n_bootstrap, seed=args.seed)  # e.g. against its ablation
+        result[f"yesno_diff_vs_{other}"] = round(est.value, 4)
+        result[f"yesno_diff_vs_{other}_ci"] = [round(est.ci_low, 4), round(est.ci_high, 4)]
+        log(f"[yesno] {args.yesno_hybrid} - {other} AUC, paired, users resampled: {est.value:+.4f} "
+            f"[{est.ci_low:+.4f}, {est.ci_high:+.4f}]")
     if "text" in scores and args.yesno_hybrid in scores:
         est = paired_auc_difference(labels, scores[args.yesno_hybrid], scores["text"], users=users,
                                     n_resamples=args.n_bootstrap, seed=args.seed)

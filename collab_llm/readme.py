@@ -103,6 +103,12 @@ def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
             tok = r.get(f"{part}_tok_s_{name}")
             lines.append(f"| {_label(name)} | {_ci(hr, r.get(f'{part}_hr1_{name}_ci'))} | {_ci(nd, r.get(f'{part}_ndcg10_{name}_ci'))} | "
                          f"{'' if train is None else f'{train:.0f}'} | {'' if tok is None else f'{tok:.0f}'} |")
+        for key in [k for k in r if k.startswith(f"{part}_diff_hr1_vs_") and not k.endswith("_ci")]:
+            other = key[len(f"{part}_diff_hr1_vs_"):]
+            lines += ["", f"Paired over the same rows, {r.get('hybrid_name', 'hybrid')} minus {other}: HR@1 "
+                          f"{_signed(r[key], r[key + '_ci'])}, NDCG@10 "
+                          f"{_signed(r[f'{part}_diff_ndcg10_vs_{other}'], r[f'{part}_diff_ndcg10_vs_{other}_ci'])} "
+                          "(95% paired bootstrap)."]
         if f"{part}_diff_hr1" in r:
             lines += ["", f"Paired over the same rows, {r.get('hybrid_name', 'hybrid')} minus text-only: HR@1 "
                           f"{_signed(r[f'{part}_diff_hr1'], r[f'{part}_diff_hr1_ci'])}, NDCG@10 "
@@ -120,6 +126,9 @@ def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
             train = r.get(f"yesno_train_s_{name}")
             lines.append(f"| {label} | {_ci(r[f'yesno_auc_{name}'], r.get(f'yesno_auc_{name}_ci'))} | "
                          f"{'' if train is None else f'{train:.0f}'} |")
+        for key in [k for k in r if k.startswith("yesno_diff_vs_") and not k.endswith("_ci")]:
+            lines += ["", f"Paired, users resampled: {r.get('yesno_hybrid_name', 'hybrid')} minus {key[len('yesno_diff_vs_'):]} "
+                          f"AUC {_signed(r[key], r[key + '_ci'])}."]
         if "yesno_diff" in r:
             lines += ["", f"Paired, users resampled: hybrid minus text-only AUC {_signed(r['yesno_diff'], r['yesno_diff_ci'])}."]
         lines.append("")
@@ -134,6 +143,27 @@ def _lookup(data: Any, path: str) -> Any:
         else:
             data = data[part]
     return data
+
+
+def render_pairs(r: dict[str, Any], root: Path = ROOT) -> str:
+    """Only the paired differences of one ``bench/injection_learning.py`` result between its hybrid and the other
+    hybrid methods (e.g. an ablation), for a run whose table another section already shows."""
+    own = [f"{k.split('_hr1_', 1)[1]} HR@1 {r[k]:.3f}" for k in r if "_hr1_" in k and k.split("_", 1)[0] in ("planted", "ml100k")
+           and not k.endswith(("_ci", "_permuted", "_sasrec", "_hybrid", "_over_sasrec")) and "_vs_" not in k]
+    own += [f"{k[len('yesno_auc_'):]} AUC {r[k]:.3f}" for k in r if k.startswith("yesno_auc_")
+            and not k.endswith(("_ci", "_hybrid", "_mf"))]
+    lines = [f"Measured by `{r['command']}` on {_cpu(r)} ({r['table']} rows; in this run: {', '.join(own)}):", ""]
+    for part in ("planted", "ml100k"):
+        for key in [k for k in r if k.startswith(f"{part}_diff_hr1_vs_") and not k.endswith("_ci")]:
+            other = key[len(f"{part}_diff_hr1_vs_"):]
+            lines.append(f"- {part}, {r.get(f'{part}_rows', '')} rows, {r.get('hybrid_name', 'hybrid')} minus {other}: HR@1 "
+                         f"{_signed(r[key], r[key + '_ci'])}, NDCG@10 "
+                         f"{_signed(r[f'{part}_diff_ndcg10_vs_{other}'], r[f'{part}_diff_ndcg10_vs_{other}_ci'])} "
+                         "(95% paired bootstrap)")
+    for key in [k for k in r if k.startswith("yesno_diff_vs_") and not k.endswith("_ci")]:
+        lines.append(f"- Yes/No, users resampled, {r.get('yesno_hybrid_name', 'hybrid')} minus {key[len('yesno_diff_vs_'):]}: "
+                     f"AUC {_signed(r[key], r[key + '_ci'])}")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def render_levers(levers: dict[str, Any], root: Path = ROOT) -> str:
@@ -372,6 +402,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any, Path], str]]] = {
     "injection_yesno": ("results/injection_yesno.json", render_injection),
     "injection_planted_l4": ("results/injection_planted_l4.json", render_injection),
     "injection_yesno_folded": ("results/injection_yesno_folded.json", render_injection),
+    "injection_planted_l4_ablation": ("results/injection_planted_l4_ablation.json", render_pairs),
     "injection_levers": ("results/injection_levers.json", render_levers),
     "precision": ("results/precision_step.json", render_precision),
     "llara_curve": ("results/llara_curve.json", render_learning_curve),

@@ -28,7 +28,7 @@ def test_bench_on_user_csv_reports_the_planted_keys(tmp_path):
     data.items[["item", "title"]].to_csv(items, index=False)
     result = _bench().main([
         "--only", "planted", "--interactions", str(inter), "--items", str(items), "--work", str(tmp_path / "work"),
-        "--backbone", str(make_backbone_dir(tmp_path, "llama")), "--methods", "text", "head", "--steps", "1",
+        "--backbone", str(make_backbone_dir(tmp_path, "llama")), "--methods", "text", "head", "head_last", "--steps", "1",
         "--batch-size", "2", "--eval-batch-size", "3", "--rows", "6", "--cf-max-epochs", "1", "--n-bootstrap", "20",
         "--dtype", "float32", "--threads", "1", "--out", str(tmp_path / "out.json"),
     ])
@@ -40,6 +40,13 @@ def test_bench_on_user_csv_reports_the_planted_keys(tmp_path):
     assert (tmp_path / "work" / "user_loo" / "manifest.json").is_file()  # the user's data, not the planted generator
     assert set(result["cpu"]) == {"model", "isa", "native_bf16"}
     assert (tmp_path / "out.json").is_file()
+    # the hybrid against its ablation, paired over the same rows, and rendered
+    assert result["planted_diff_hr1_vs_head_last_ci"][0] <= result["planted_diff_hr1_vs_head_last"] <= \
+        result["planted_diff_hr1_vs_head_last_ci"][1]
+    from collab_llm import readme
+
+    assert "head minus head_last: HR@1" in readme.render_injection(result)
+    assert "head minus head_last: HR@1" in readme.render_pairs(result) and "head HR@1" in readme.render_pairs(result)
 
 
 def test_recipe_overrides_are_typed_and_checked():
