@@ -13,16 +13,18 @@ it trains SASRec (or MF for Yes/No) once, then with the same steps, batch, seed 
 
 - ``text``: TALLRec, the text-only prompt, ranked by answer likelihood (``llara_movielens`` text
   view; Yes/No: ``collm_movielens``, P(Yes));
-- ``hybrid``: the recipe under test (default ``head``: the item-scoring head on the LLM's last
-  hidden state, soft tokens at word scale, the projector/head at their own learning rate), and
-  optionally the papers' ``llara`` formulation (``--with-llara``);
+- ``hybrid``: the recipe under test (``--hybrid``, default ``head``: the item-scoring head fitted in
+  closed form on the LLM's hidden state, soft tokens at word scale), and any other recipe named in
+  ``--methods`` (e.g. the papers' ``llara``; Yes/No: ``--yesno-methods``, ``--yesno-hybrid``);
 
 and scores every method on the SAME seeded sample of rows (``--table valid`` while choosing
 settings, ``test`` for the report), printing HR@1 / NDCG@10 (AUC) with 95% intervals, the paired
 bootstrap interval of (hybrid - text) on the same rows, the permutation check (the trained hybrid
 model scored with the soft tokens of shuffled items: if it reads the signal it gets worse), the
-"LLM does the work" check (``--with-ablation``: the same head trained on a prompt reduced to the
-last item's soft token, LoRA off), wall time and training tokens/s.
+"LLM does the work" check (an ablation among the methods, e.g. ``head_l4_last`` / ``head_l4_user_only``:
+the same head on a prompt reduced to one soft token; the hybrid is paired with every other method of the
+run on the same rows), wall time and training tokens/s. ``--yesno-cf-config`` picks the Yes/No MF (e.g.
+``configs/cf/mf_collm_ml1m_folded.yaml``, the MF exported with its biases folded into the tokens).
 
 Usage::
 
