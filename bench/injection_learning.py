@@ -174,6 +174,20 @@ def ranks_from_scores(scores: np.ndarray, target_index: np.ndarray) -> np.ndarra
     return (scores >= t).sum(1) - 1
 
 
+def per_row_metrics(scores: np.ndarray, target_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row HR@1 and NDCG@10 of (N, C) candidate scores."""
+    ranks = ranks_from_scores(scores, target_index)
+    return {"hr1": (ranks == 0).astype(float), "ndcg10": np.where(ranks < 10, 1 / np.log2(ranks + 2), 0.0)}
+
+
+def item_permutation(split: Path, seed: int) -> np.ndarray:
+    """Item id -> another item id (padding 0 kept), seeded: the permutation check's shuffled soft tokens."""
+    n_items = int(pd.read_parquet(split / "items.parquet")["item"].max())
+    perm = np.arange(n_items + 1)
+    perm[1:] = np.random.default_rng(seed + 17).permutation(np.arange(1, n_items + 1))
+    return perm
+
+
 # ------------------------------------------------------------------------------------------ data
 def prepare_planted(work: Path, args: argparse.Namespace) -> Path:
     from collab_llm import data
@@ -351,8 +365,7 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
     per_row: dict[str, dict[str, np.ndarray]] = {}
 
     def record(name: str, scores: np.ndarray) -> None:
-        ranks = ranks_from_scores(scores, target_index)
-        per_row[name] = {"hr1": (ranks == 0).astype(float), "ndcg10": np.where(ranks < 10, 1 / np.log2(ranks + 2), 0.0)}
+        per_row[name] = per_row_metrics(scores, target_index)
         est = {k: mean_estimate(v, args.n_bootstrap, args.seed) for k, v in per_row[name].items()}
         for k, e in est.items():
             result[f"{part}_{k}_{name}"] = round(e.value, 4)
@@ -362,9 +375,7 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
     record("sasrec", cf_scores(cf_dir, rows, "next_item"))
     result[f"{part}_cf_train_s"] = round(cf_train_s, 1)
     all_recipes = recipes("next_item")
-    n_items = int(pd.read_parquet(split / "items.parquet")["item"].max())
-    perm = np.arange(n_items + 1)
-    perm[1:] = np.random.default_rng(args.seed + 17).permutation(np.arange(1, n_items + 1))
+    perm = item_permutation(split, args.seed)
     for name in args.methods:
         recipe = apply_overrides(all_recipes[name], args.set)
         model, stats = train_llm(recipe, split, cf_dir, args, "train")
@@ -382,7 +393,6 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
             record(f"{name}_permuted", score_llm(model, recipe, split, rows, args, permute=perm))
         del model
     # the headline keys
-    text = "text" if "text" in per_row else None
     hybrid = args.hybrid if args.hybrid in per_row else None
     if hybrid:
         result[f"{part}_hr1_hybrid"] = result[f"{part}_hr1_{hybrid}"]
@@ -391,20 +401,15 @@ def run_nextitem(part: str, split: Path, args: argparse.Namespace, result: dict[
             result[f"{part}_hr1_permuted"] = result[f"{part}_hr1_{hybrid}_permuted"]
         result[f"{part}_train_s"] = result[f"{part}_train_s_{hybrid}"]
         result[f"{part}_hr1_hybrid_over_sasrec"] = round(result[f"{part}_hr1_hybrid"] / max(result[f"{part}_hr1_sasrec"], 1e-9), 3)
-    for other in [n for n in args.methods if hybrid and n not in ("text", hybrid) and n in per_row]:
-        for k in ("hr1", "ndcg10"):  # the hybrid against every other LLM method (e.g. its ablation), same rows
-            v, lo, hi = paired_diff(per_row[hybrid][k], per_row[other][k], args.n_bootstrap, args.seed)
-            result[f"{part}_diff_{k}_vs_{other}"] = round(v, 4)
-            result[f"{part}_diff_{k}_vs_{other}_ci"] = [round(lo, 4), round(hi, 4)]
-            log(f"[{part}] {hybrid} - {other}, paired over the same {len(rows)} rows: {k} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    if text and hybrid:
+    for other in [n for n in args.methods if hybrid and n != hybrid and n in per_row]:
+        keys = "" if other == "text" else f"_vs_{other}"  # text: the issue's headline keys; others: e.g. an ablation
         for k in ("hr1", "ndcg10"):
-            v, lo, hi = paired_diff(per_row[hybrid][k], per_row[text][k], args.n_bootstrap, args.seed)
-            result[f"{part}_diff_{k}"] = round(v, 4)
-            result[f"{part}_diff_{k}_ci"] = [round(lo, 4), round(hi, 4)]
-            if k == "hr1":
-                result[f"{part}_diff_ci_low"] = round(lo, 4)
-            log(f"[{part}] {hybrid} - text, paired over the same {len(rows)} rows: {k} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            v, lo, hi = paired_diff(per_row[hybrid][k], per_row[other][k], args.n_bootstrap, args.seed)
+            result[f"{part}_diff_{k}{keys}"] = round(v, 4)
+            result[f"{part}_diff_{k}{keys}_ci"] = [round(lo, 4), round(hi, 4)]
+            log(f"[{part}] {hybrid} - {other}, paired over the same {len(rows)} rows: {k} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    if f"{part}_diff_hr1_ci" in result:
+        result[f"{part}_diff_ci_low"] = result[f"{part}_diff_hr1_ci"][0]
 
 
 def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -442,21 +447,16 @@ def run_yesno(split: Path, args: argparse.Namespace, result: dict[str, Any]) -> 
         log(f"[yesno] {name:>8}: AUC {result[f'yesno_auc_{name}']:.4f} {result[f'yesno_auc_{name}_ci']} (users resampled)")
     if args.yesno_hybrid in scores:
         result["yesno_auc_hybrid"] = result[f"yesno_auc_{args.yesno_hybrid}"]
-    for other in [n for n in args.yesno_methods if n not in ("text", args.yesno_hybrid) and args.yesno_hybrid in scores]:
+    for other in [n for n in args.yesno_methods if n != args.yesno_hybrid and args.yesno_hybrid in scores]:
         est = paired_auc_difference(labels, scores[args.yesno_hybrid], scores[other], users=users,
-                                    n_resamples=args.n_bootstrap, seed=args.seed)  # e.g. against its ablation
-        result[f"yesno_diff_vs_{other}"] = round(est.value, 4)
-        result[f"yesno_diff_vs_{other}_ci"] = [round(est.ci_low, 4), round(est.ci_high, 4)]
+                                    n_resamples=args.n_bootstrap, seed=args.seed)
+        key = "yesno_diff" if other == "text" else f"yesno_diff_vs_{other}"  # text: the issue's headline keys
+        result[key] = round(est.value, 4)
+        result[f"{key}_ci"] = [round(est.ci_low, 4), round(est.ci_high, 4)]
         log(f"[yesno] {args.yesno_hybrid} - {other} AUC, paired, users resampled: {est.value:+.4f} "
             f"[{est.ci_low:+.4f}, {est.ci_high:+.4f}]")
-    if "text" in scores and args.yesno_hybrid in scores:
-        est = paired_auc_difference(labels, scores[args.yesno_hybrid], scores["text"], users=users,
-                                    n_resamples=args.n_bootstrap, seed=args.seed)
-        value, lo, hi = est.value, est.ci_low, est.ci_high
-        result["yesno_diff"] = round(value, 4)
-        result["yesno_diff_ci"] = [round(lo, 4), round(hi, 4)]
-        result["yesno_diff_ci_low"] = round(lo, 4)
-        log(f"[yesno] {args.yesno_hybrid} - text AUC, paired, users resampled: {value:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    if "yesno_diff_ci" in result:
+        result["yesno_diff_ci_low"] = result["yesno_diff_ci"][0]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

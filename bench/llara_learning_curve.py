@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import injection_learning as bench  # noqa: E402  (the same recipes, training and scoring code)
 
+
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over rows of the Spearman correlation of two (N, C) score matrices (average ranks for ties)."""
     from scipy.stats import spearmanr
@@ -114,15 +115,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    work / "cf" / f"sasrec_{split.name}", args.seed, None)
     rows = sample_rows(pd.read_parquet(split / f"{args.table}.parquet"), args.rows, args.seed)
     target_index = np.array([list(c).index(t) for c, t in zip(rows["candidates"], rows["target"])])
-    n_items = int(pd.read_parquet(split / "items.parquet")["item"].max())
-    perm = np.arange(n_items + 1)
-    perm[1:] = np.random.default_rng(args.seed + 17).permutation(np.arange(1, n_items + 1))
+    perm = bench.item_permutation(split, args.seed)
 
     def metrics(scores: np.ndarray) -> dict[str, Any]:
-        ranks = bench.ranks_from_scores(scores, target_index)
         out: dict[str, Any] = {}
-        per = {"hr1": (ranks == 0).astype(float), "ndcg10": np.where(ranks < 10, 1 / np.log2(ranks + 2), 0.0)}
-        for k, v in per.items():
+        for k, v in bench.per_row_metrics(scores, target_index).items():
             e = mean_estimate(v, args.n_bootstrap, args.seed)
             out[k] = round(e.value, 4)
             out[f"{k}_ci"] = [round(e.ci_low, 4), round(e.ci_high, 4)]

@@ -77,6 +77,32 @@ def _label(name: str) -> str:
     return _LABELS.get(name, name)
 
 
+def _pairs(r: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """``(other, key)`` of a bench result's paired differences of its hybrid: ``prefix`` itself against the
+    text-only baseline (the issue's headline keys), ``prefix + "_vs_<other>"`` against another method."""
+    out = []
+    for key in r:
+        if key == prefix:
+            out.append(("text-only", key))
+        elif key.startswith(prefix + "_vs_") and not key.endswith("_ci"):
+            out.append((key[len(prefix) + 4:], key))
+    return out
+
+
+def _paired_lines(r: dict[str, Any], part: str) -> list[str]:
+    """One sentence per paired difference of the hybrid in ``part`` (planted / ml100k / yesno)."""
+    if part == "yesno":
+        return [f"Paired, users resampled: {r.get('yesno_hybrid_name', 'hybrid')} minus {other} AUC "
+                f"{_signed(r[key], r[key + '_ci'])}." for other, key in _pairs(r, "yesno_diff")]
+    lines = []
+    for other, key in _pairs(r, f"{part}_diff_hr1"):
+        ndcg = key.replace("_diff_hr1", "_diff_ndcg10", 1)
+        lines.append(f"Paired over the same rows, {r.get('hybrid_name', 'hybrid')} minus {other}: HR@1 "
+                     f"{_signed(r[key], r[key + '_ci'])}, NDCG@10 {_signed(r[ndcg], r[ndcg + '_ci'])} "
+                     "(95% paired bootstrap).")
+    return lines
+
+
 def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
     """Markdown of one ``bench/injection_learning.py`` result."""
     lines = [
@@ -103,16 +129,8 @@ def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
             tok = r.get(f"{part}_tok_s_{name}")
             lines.append(f"| {_label(name)} | {_ci(hr, r.get(f'{part}_hr1_{name}_ci'))} | {_ci(nd, r.get(f'{part}_ndcg10_{name}_ci'))} | "
                          f"{'' if train is None else f'{train:.0f}'} | {'' if tok is None else f'{tok:.0f}'} |")
-        for key in [k for k in r if k.startswith(f"{part}_diff_hr1_vs_") and not k.endswith("_ci")]:
-            other = key[len(f"{part}_diff_hr1_vs_"):]
-            lines += ["", f"Paired over the same rows, {r.get('hybrid_name', 'hybrid')} minus {other}: HR@1 "
-                          f"{_signed(r[key], r[key + '_ci'])}, NDCG@10 "
-                          f"{_signed(r[f'{part}_diff_ndcg10_vs_{other}'], r[f'{part}_diff_ndcg10_vs_{other}_ci'])} "
-                          "(95% paired bootstrap)."]
-        if f"{part}_diff_hr1" in r:
-            lines += ["", f"Paired over the same rows, {r.get('hybrid_name', 'hybrid')} minus text-only: HR@1 "
-                          f"{_signed(r[f'{part}_diff_hr1'], r[f'{part}_diff_hr1_ci'])}, NDCG@10 "
-                          f"{_signed(r[f'{part}_diff_ndcg10'], r[f'{part}_diff_ndcg10_ci'])} (95% paired bootstrap)."]
+        for line in _paired_lines(r, part):
+            lines += ["", line]
         lines.append("")
     if "yesno_auc_mf" in r:
         lines += [f"**ML-1M Yes/No (CoLLM preset)**, {r.get('yesno_rows', '')} test rows of {r.get('yesno_users', '')} users "
@@ -126,11 +144,8 @@ def render_injection(r: dict[str, Any], root: Path = ROOT) -> str:
             train = r.get(f"yesno_train_s_{name}")
             lines.append(f"| {label} | {_ci(r[f'yesno_auc_{name}'], r.get(f'yesno_auc_{name}_ci'))} | "
                          f"{'' if train is None else f'{train:.0f}'} |")
-        for key in [k for k in r if k.startswith("yesno_diff_vs_") and not k.endswith("_ci")]:
-            lines += ["", f"Paired, users resampled: {r.get('yesno_hybrid_name', 'hybrid')} minus {key[len('yesno_diff_vs_'):]} "
-                          f"AUC {_signed(r[key], r[key + '_ci'])}."]
-        if "yesno_diff" in r:
-            lines += ["", f"Paired, users resampled: hybrid minus text-only AUC {_signed(r['yesno_diff'], r['yesno_diff_ci'])}."]
+        for line in _paired_lines(r, "yesno"):
+            lines += ["", line]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -146,24 +161,21 @@ def _lookup(data: Any, path: str) -> Any:
 
 
 def render_pairs(r: dict[str, Any], root: Path = ROOT) -> str:
-    """Only the paired differences of one ``bench/injection_learning.py`` result between its hybrid and the other
-    hybrid methods (e.g. an ablation), for a run whose table another section already shows."""
-    own = [f"{k.split('_hr1_', 1)[1]} HR@1 {r[k]:.3f}" for k in r if "_hr1_" in k and k.split("_", 1)[0] in ("planted", "ml100k")
-           and not k.endswith(("_ci", "_permuted", "_sasrec", "_hybrid", "_over_sasrec")) and "_vs_" not in k]
-    own += [f"{k[len('yesno_auc_'):]} AUC {r[k]:.3f}" for k in r if k.startswith("yesno_auc_")
-            and not k.endswith(("_ci", "_hybrid", "_mf"))]
-    lines = [f"Measured by `{r['command']}` on {_cpu(r)} ({r['table']} rows; in this run: {', '.join(own)}):", ""]
+    """Only the paired differences of one ``bench/injection_learning.py`` result (e.g. its hybrid against an
+    ablation), for a run whose table another section already shows; with the compared methods' own figures."""
+    own, lines = [], []
     for part in ("planted", "ml100k"):
-        for key in [k for k in r if k.startswith(f"{part}_diff_hr1_vs_") and not k.endswith("_ci")]:
-            other = key[len(f"{part}_diff_hr1_vs_"):]
-            lines.append(f"- {part}, {r.get(f'{part}_rows', '')} rows, {r.get('hybrid_name', 'hybrid')} minus {other}: HR@1 "
-                         f"{_signed(r[key], r[key + '_ci'])}, NDCG@10 "
-                         f"{_signed(r[f'{part}_diff_ndcg10_vs_{other}'], r[f'{part}_diff_ndcg10_vs_{other}_ci'])} "
-                         "(95% paired bootstrap)")
-    for key in [k for k in r if k.startswith("yesno_diff_vs_") and not k.endswith("_ci")]:
-        lines.append(f"- Yes/No, users resampled, {r.get('yesno_hybrid_name', 'hybrid')} minus {key[len('yesno_diff_vs_'):]}: "
-                     f"AUC {_signed(r[key], r[key + '_ci'])}")
-    return "\n".join(lines).rstrip() + "\n"
+        pairs = _pairs(r, f"{part}_diff_hr1")
+        if pairs:
+            names = [r["hybrid_name"]] + [other for other, _ in pairs if other != "text-only"]
+            own += [f"{name} HR@1 {r[f'{part}_hr1_{name}']:.3f}" for name in names]
+            lines += [f"- {part}, {r[f'{part}_rows']} rows: {line}" for line in _paired_lines(r, part)]
+    if _pairs(r, "yesno_diff"):
+        names = [r["yesno_hybrid_name"]] + [other for other, _ in _pairs(r, "yesno_diff") if other != "text-only"]
+        own += [f"{name} AUC {r[f'yesno_auc_{name}']:.3f}" for name in names]
+        lines += [f"- Yes/No: {line}" for line in _paired_lines(r, "yesno")]
+    head = f"Measured by `{r['command']}` on {_cpu(r)} ({r['table']} rows; in this run: {', '.join(own)}):"
+    return "\n".join([head, "", *lines]).rstrip() + "\n"
 
 
 def render_levers(levers: dict[str, Any], root: Path = ROOT) -> str:

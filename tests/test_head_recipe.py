@@ -9,12 +9,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_module  # noqa: E402
 from test_llm_module import trainer  # noqa: E402
 
 from collab_llm import scoring  # noqa: E402
 from collab_llm.backbone import load_backbone, mean_embedding_norm, native_bf16, resolve_dtype  # noqa: E402
-from collab_llm.datamodule import RecDataModule  # noqa: E402
 from collab_llm.heads import ItemScoringHead  # noqa: E402
 from collab_llm.adapters import LoRA  # noqa: E402
 from collab_llm.module import CollabLLM  # noqa: E402
@@ -142,18 +141,11 @@ def test_an_inner_layer_is_read_and_the_forward_stops_there(tmp_path, family):
 
 
 def _head_module(tmp_path, task="next_item", **kw):
-    backbone = make_backbone_dir(tmp_path, "llama")
-    cf = make_cf_dirs(tmp_path)
-    template = "head_next_item" if task == "next_item" else "collm_movielens"
-    module = CollabLLM(
-        backbone_path=str(backbone), template=template, regime="joint",
-        cf_model_path=str(cf["sasrec" if task == "next_item" else "mf"]),
-        projector="scaled_llara_mlp" if task == "next_item" else "scaled_collm_mlp",
-        adapter=LoRA(r=4, alpha=8, dropout=0.0), learning_rate=1e-3, scorer="head", **kw,
-    )
-    data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), modes=["hybrid"],
-                         batch_size=4, eval_batch_size=4)
-    return module, data
+    next_item = task == "next_item"
+    return make_module(tmp_path, task, template="head_next_item" if next_item else "collm_movielens",
+                       projector="scaled_llara_mlp" if next_item else "scaled_collm_mlp",
+                       data_kw={"modes": ["hybrid"], "batch_size": 4, "eval_batch_size": 4},
+                       adapter=LoRA(r=4, alpha=8, dropout=0.0), learning_rate=1e-3, scorer="head", **kw)
 
 
 @pytest.mark.parametrize("head_loss", ["candidates", "catalog"])

@@ -119,6 +119,21 @@ def as_compare_work(split_dir: Path, cf_dir: Path, protocol: str, source: str, s
                        made_from={"split_sha256": split_sha256(split_dir), "seed": seed})
 
 
+def make_module(tmp_path: Path, task: str, *, template: str, projector: str, data_kw: dict, **module_kw):
+    """A CollabLLM on the tiny backbone, CF model (SASRec for next-item, MF for Yes/No) and split, with its
+    RecDataModule; ``regime`` defaults to ``"joint"``."""
+    from collab_llm.datamodule import RecDataModule
+    from collab_llm.module import CollabLLM
+
+    backbone = make_backbone_dir(tmp_path, "llama")
+    cf = make_cf_dirs(tmp_path)
+    module_kw.setdefault("regime", "joint")
+    module = CollabLLM(backbone_path=str(backbone), template=template, projector=projector,
+                       cf_model_path=str(cf["sasrec" if task == "next_item" else "mf"]), **module_kw)
+    data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), **data_kw)
+    return module, data
+
+
 def load_bench(name: str) -> ModuleType:
     """``bench/<name>.py`` as a module (registered in ``sys.modules``: its dataclasses look it up)."""
     path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"

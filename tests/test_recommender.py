@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_split  # noqa: E402
+from test_llm_fixtures import make_backbone_dir, make_cf_dirs, make_module, make_split  # noqa: E402
 
 from collab_llm import scoring  # noqa: E402
 from collab_llm.adapters import ILoRA, LoRA  # noqa: E402
@@ -22,17 +22,11 @@ from collab_llm.recommender import Recommender, upgrade_state_keys  # noqa: E402
 
 
 def _module(tmp_path: Path, task: str, adapter=None, **kw) -> tuple[CollabLLM, RecDataModule]:
-    backbone = make_backbone_dir(tmp_path, "llama")
-    cf = make_cf_dirs(tmp_path)
-    template = "llara_movielens" if task == "next_item" else "collm_movielens"
-    module = CollabLLM(
-        backbone_path=str(backbone), template=template, regime="joint",
-        cf_model_path=str(cf["sasrec" if task == "next_item" else "mf"]),
-        projector="llara_mlp" if task == "next_item" else "collm_mlp",
-        adapter=adapter or LoRA(r=4, alpha=8.0, dropout=0.1), learning_rate=1e-2, n_bootstrap=0, **kw,
-    )
-    data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), batch_size=2, eval_batch_size=4)
-    return module, data
+    next_item = task == "next_item"
+    return make_module(tmp_path, task, template="llara_movielens" if next_item else "collm_movielens",
+                       projector="llara_mlp" if next_item else "collm_mlp",
+                       data_kw={"batch_size": 2, "eval_batch_size": 4},
+                       adapter=adapter or LoRA(r=4, alpha=8.0, dropout=0.1), learning_rate=1e-2, n_bootstrap=0, **kw)
 
 
 def _trainer(tmp_path: Path, **kw) -> L.Trainer:
