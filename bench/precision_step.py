@@ -6,12 +6,18 @@ stay float32). On the same batch, each step (forward + backward + AdamW) is time
 the two precisions interleaved round by round (the speed-up is the median of per-round ratios, so
 a change of machine load cancels out). Two steps are timed: the LLaRA hybrid prompt with its LM
 loss on the answer (``llara``), and the item-scoring head recipe (``head``: prompt only, no LM head).
+The ``llara`` step is also timed with Hugging Face's own loss (``labels=``: logits at every position),
+interleaved with the others on the same weights: the speed-up of the answer-only logits
+(:func:`collab_llm.scoring.answer_lm_loss`, what training uses) in each precision; and with LoRA dropout
+off (its Bernoulli masks, one per adapted module and step, drawn by the CPU's serial generator): their
+share of the step.
 
 Also printed: the loss of both copies on the same batch before any update (eval mode, no dropout:
 equal within bf16 rounding), the best GEMM rate of this machine in each precision (several shapes
 of the model's own matmuls and 2048^2), the model FLOP utilisation of each step against the best
 rate of its precision (``4 * backbone params * tokens / step time``: forward 2, backward to the
-activations 2; the frozen weights get no gradient), and what ``dtype: auto`` picks here.
+activations 2; the frozen weights get no gradient; the LM head counted at the answer positions only),
+and what ``dtype: auto`` picks here.
 
 Usage::
 
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = train[train["history"].map(len) >= 10].iloc[: a.batch_size]
     result: dict[str, Any] = {"auto_dtype": resolve_dtype("auto"), "native_bf16": native_bf16(),
                               "cpu_flags_bf16": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx")),
-                              "threads": a.threads, "batch_size": a.batch_size}
+                              "threads": a.threads, "batch_size": a.batch_size, "lora_dropout": a.lora_dropout}
     print(f"[precision] dtype auto -> {result['auto_dtype']} (native bf16: {result['native_bf16']}, flags "
           f"{result['cpu_flags_bf16']}), {a.threads} threads", flush=True)
 
@@ -98,8 +104,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         view = batch["hybrid"]
         tokens = int(view["prompt_attention_mask" if loss_kind == "head" else "attention_mask"].numel())
 
-        def loss_of(model: CollabLLM) -> torch.Tensor:
-            return model.head_loss(batch, "hybrid") if loss_kind == "head" else model.lm_loss(batch, "hybrid")
+        def loss_of(model: CollabLLM, full_logits: bool = False) -> torch.Tensor:
+            if loss_kind == "head":
+                return model.head_loss(batch, "hybrid")
+            if full_logits:  # Hugging Face's own loss: logits (and their backward) at every position
+                rec = model.recommender
+                embeds, mask = rec.embed(view, prompt_only=False)
+                return rec.llm(inputs_embeds=embeds, attention_mask=mask, labels=view["labels"], use_cache=False).loss
+            return model.lm_loss(batch, "hybrid")
 
         with torch.no_grad():
             for m in models.values():
@@ -112,34 +124,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         optims = {k: torch.optim.AdamW(m.trainable_parameters(), lr=1e-5) for k, m in models.items()}
 
         def step(tag: str) -> Callable[[], None]:
+            base, _, variant = tag.partition("_")
+            dropouts = [m for n, m in models[base].named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n]
+
             def run() -> None:
-                loss = loss_of(models[tag])
-                loss.backward()
-                optims[tag].step()
-                optims[tag].zero_grad(set_to_none=True)
+                if variant == "nodrop":  # LoRA dropout off for this step: no random masks drawn
+                    for m in dropouts:
+                        m.p = 0.0
+                try:
+                    loss = loss_of(models[base], full_logits=variant == "full")
+                    loss.backward()
+                finally:
+                    for m in dropouts:
+                        m.p = a.lora_dropout
+                optims[base].step()
+                optims[base].zero_grad(set_to_none=True)
             return run
 
+        # the LM-loss step also timed with HF's full-logits loss (the same weights, interleaved): what
+        # answer-only logits (collab_llm.scoring.answer_lm_loss) save
+        # and without LoRA dropout (its random masks: one per adapted module and step)
+        tags = ("fp32", "bf16") if loss_kind == "head" else ("fp32", "bf16", "fp32_full", "bf16_full", "fp32_nodrop",
+                                                              "bf16_nodrop")
         for _ in range(a.warmup):
-            step("fp32")()
-            step("bf16")()
-        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+            for tag in tags:
+                step(tag)()
+        times: dict[str, list[float]] = {tag: [] for tag in tags}
         for _ in range(a.rounds):
-            for tag in ("fp32", "bf16"):
+            for tag in tags:
                 t0 = time.perf_counter()
                 step(tag)()
                 times[tag].append(time.perf_counter() - t0)
         params = sum(p.numel() for n, p in m0.llm.named_parameters() if "lora_" not in n)
-        if loss_kind == "head":  # no LM head in this step: the (tied) output matrix is not multiplied
-            params -= m0.llm.get_input_embeddings().weight.numel()
+        # the (tied) output matrix multiplies only the positions that predict an answer token (answer-only
+        # logits), none in the head step
+        lm_head = m0.llm.get_input_embeddings().weight.numel()
+        answer_tokens = 0 if loss_kind == "head" else int((view["labels"][:, 1:] != -100).sum())
         for tag in times:
             result[f"{recipe}_step_s_{tag}"] = statistics.median(times[tag])
         result[f"{recipe}_speedup_bf16"] = statistics.median(f / b for f, b in zip(times["fp32"], times["bf16"]))
+        for tag in ("fp32", "bf16"):
+            if f"{tag}_full" in times:
+                result[f"{recipe}_answer_logits_speedup_{tag}"] = statistics.median(
+                    f / b for f, b in zip(times[f"{tag}_full"], times[tag]))
+                result[f"{recipe}_dropout_share_{tag}"] = statistics.median(
+                    1.0 - n / d for n, d in zip(times[f"{tag}_nodrop"], times[tag]))
+        if "fp32_nodrop" in times:
+            result[f"{recipe}_speedup_bf16_nodrop"] = statistics.median(
+                f / b for f, b in zip(times["fp32_nodrop"], times["bf16_nodrop"]))
         result[f"{recipe}_tokens_per_step"] = tokens
-        result[f"{recipe}_flops_per_step"] = 4.0 * params * tokens
+        result[f"{recipe}_flops_per_step"] = 4.0 * ((params - lm_head) * tokens + lm_head * answer_tokens)
         print(f"[precision] {recipe}: loss fp32 {l32:.5f} bf16 {l16:.5f} (rel diff {result[f'{recipe}_loss_rel_diff']:.2e}); "
               f"step fp32 {result[f'{recipe}_step_s_fp32']:.2f} s, bf16 {result[f'{recipe}_step_s_bf16']:.2f} s: "
               f"bf16 {result[f'{recipe}_speedup_bf16']:.2f}x (median per-round ratio, {a.rounds} rounds, {tokens} tokens/step)",
               flush=True)
+        if f"{recipe}_answer_logits_speedup_bf16" in result:
+            print(f"[precision] {recipe}: HF's full-logits loss fp32 {result[f'{recipe}_step_s_fp32_full']:.2f} s, bf16 "
+                  f"{result[f'{recipe}_step_s_bf16_full']:.2f} s: answer-only logits "
+                  f"{result[f'{recipe}_answer_logits_speedup_fp32']:.2f}x (fp32), "
+                  f"{result[f'{recipe}_answer_logits_speedup_bf16']:.2f}x (bf16)", flush=True)
+            print(f"[precision] {recipe}: without LoRA dropout fp32 {result[f'{recipe}_step_s_fp32_nodrop']:.2f} s, bf16 "
+                  f"{result[f'{recipe}_step_s_bf16_nodrop']:.2f} s (bf16 {result[f'{recipe}_speedup_bf16_nodrop']:.2f}x): "
+                  f"dropout's masks take {result[f'{recipe}_dropout_share_fp32']:.0%} of the fp32 step, "
+                  f"{result[f'{recipe}_dropout_share_bf16']:.0%} of the bf16 one", flush=True)
 
     hidden = 576
     shapes = [(512, hidden, 1536), (512, 1536, hidden), (512, hidden, hidden), (2048, 2048, 2048)]

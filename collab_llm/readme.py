@@ -206,7 +206,19 @@ def render_precision(r: dict[str, Any], root: Path = ROOT) -> str:
             f"{r[f'{recipe}_loss_fp32']:.4f} / {r[f'{recipe}_loss_bf16']:.4f} ({r[f'{recipe}_loss_rel_diff']:.1e}) | "
             f"{r[f'{recipe}_mfu_fp32']:.2f} / {r[f'{recipe}_mfu_bf16']:.2f} |")
     lines += ["", f"Best GEMM rate measured in the same run: fp32 {r['gemm_best_fp32'] / 1e9:.0f} GFLOP/s, bf16 "
-                  f"{r['gemm_best_bf16'] / 1e9:.0f} GFLOP/s; MFU = 4 x backbone params x tokens / step time / the best rate of the step's precision."]
+                  f"{r['gemm_best_bf16'] / 1e9:.0f} GFLOP/s; MFU = 4 x backbone params x tokens / step time / the best rate "
+                  "of the step's precision (the LM head counted at the answer positions only)."]
+    if "llara_answer_logits_speedup_bf16" in r:
+        lines += ["", "The llara step with Hugging Face's own loss (`labels=`: logits, log-softmax and their backward at "
+                      f"every position), interleaved on the same weights: fp32 {r['llara_step_s_fp32_full']:.2f} s, bf16 "
+                      f"{r['llara_step_s_bf16_full']:.2f} s; the answer-only logits that training uses "
+                      f"(`scoring.answer_lm_loss`) are **{r['llara_answer_logits_speedup_fp32']:.2f}x** faster in fp32 and "
+                      f"**{r['llara_answer_logits_speedup_bf16']:.2f}x** in bf16 (median per-round ratios)."]
+    if "llara_dropout_share_bf16" in r:
+        lines += ["", f"The same llara step with LoRA dropout off (p {r.get('lora_dropout', 0.1)} -> 0, no random masks): "
+                      f"fp32 {r['llara_step_s_fp32_nodrop']:.2f} s, bf16 {r['llara_step_s_bf16_nodrop']:.2f} s (bf16 "
+                      f"{r['llara_speedup_bf16_nodrop']:.2f}x fp32): drawing the masks takes "
+                      f"{r['llara_dropout_share_fp32']:.0%} of the fp32 step and {r['llara_dropout_share_bf16']:.0%} of the bf16 one."]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -236,7 +236,7 @@ class Recommender(nn.Module):
         view = self.view(batch, mode)
         embeds, mask = self.embed(view, prompt_only=False)
         self.condition(batch)
-        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=view["labels"], use_cache=False).loss
+        return scoring.answer_lm_loss(self.llm, embeds, mask, view["labels"])
 
     def bce_loss(self, batch: dict[str, Any], mode: Mode) -> Tensor:
         """CoLLM's loss: BCE-with-logits of the Yes logit at the answer position against the label."""

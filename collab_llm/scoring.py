@@ -60,6 +60,7 @@ __all__ = [
     "yes_no_logits",
     "yes_no_scores",
     "last_hidden_state",
+    "answer_lm_loss",
     "rank_candidates",
     "generate_answers",
     "normalize_title",
@@ -253,6 +254,32 @@ def last_hidden_state(model: PreTrainedModel, inputs_embeds: Tensor, attention_m
     finally:
         handle.remove()
     raise RuntimeError(f"decoder block {layer} was not called by {type(transformer).__name__}'s forward")
+
+
+# Causal LMs whose logits are exactly ``get_output_embeddings()(last_hidden_state)``: their
+# ``ForCausalLM.forward`` applies no soft-capping or logit scale (Gemma 2's final_logit_softcapping,
+# Cohere's logit_scale, Granite's logits_scaling would be skipped by the shortcut). Others use the
+# full-logits path.
+PLAIN_LM_HEAD_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gpt2", "phi3", "smollm3"})
+
+
+def answer_lm_loss(model: PreTrainedModel, inputs_embeds: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+    """Hugging Face's causal-LM loss (mean cross-entropy of every token whose label is not -100, each
+    predicted from the position before it) with the LM head applied ONLY at the positions that predict a
+    labelled token: a training prompt of a few hundred tokens has an answer of about ten, so the (B, T, V)
+    logits, their log-softmax and the LM head's backward over the whole prompt are skipped. ``model``: a
+    plain HF causal LM or a peft model (adapters active); same inputs as ``model(inputs_embeds=...,
+    attention_mask=..., labels=...)`` (right-padded prompt + answer), same value within float rounding.
+    Model types not in :data:`PLAIN_LM_HEAD_TYPES` take the full-logits path."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(causal_lm.config, "model_type", None) not in PLAIN_LM_HEAD_TYPES:
+        return model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, use_cache=False).loss
+    hidden = causal_lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  use_cache=False).last_hidden_state  # (B, T, H), after the final norm
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != -100
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V): answer positions only
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 
 from collab_llm.metrics import auc, uauc
 from collab_llm.scoring import (
+    answer_lm_loss,
     check_left_padded,
     encode_answers,
     generate_answers,
@@ -169,6 +170,41 @@ def reference_greedy(model, ids, eos, max_new_tokens):
             out.append(nxt)
             seq.append(nxt)
     return out
+
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_answer_lm_loss_equals_hf_loss_and_its_gradients(family):
+    """The answer-only-logits loss is HF's causal-LM loss (right-padded rows, ragged answers), and so are the
+    gradients of the trainable parts (LoRA under peft); a model type outside the plain-LM-head list takes
+    HF's own path (same value)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_causal_lm(family)
+    targets = ["c_attn"] if family == "gpt2" else ["q_proj", "v_proj"]
+    lm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
+                                          init_lora_weights=False))
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(3, 17, 32, generator=g)
+    mask = torch.ones(3, 17, dtype=torch.long)
+    mask[1, 12:] = 0
+    mask[2, 15:] = 0
+    labels = torch.full((3, 17), -100)
+    labels[0, 10:] = torch.arange(7) + 5
+    labels[1, 8:12] = 7
+    labels[2, 14] = 3
+
+    def grads(loss):
+        params = [p for p in lm.parameters() if p.requires_grad]
+        return torch.autograd.grad(loss, params)
+
+    ref = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).loss
+    got = answer_lm_loss(lm, embeds, mask, labels)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(grads(got), grads(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    lm.get_base_model().config.model_type = "unlisted"  # e.g. a model with logit soft-capping
+    assert answer_lm_loss(lm, embeds, mask, labels).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
