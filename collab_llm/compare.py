@@ -9,6 +9,11 @@ One comparison = one data protocol + a list of methods:
 - yes/no (the CoLLM MovieLens-1M preset): ``mf`` (the CF model alone), ``tallrec`` (CoLLM's
   text-only prompt), ``collm`` (two stages: LoRA on text, then the MF projector on hybrid prompts).
 
+Not the papers': ``head`` / ``head_l4`` (both protocols: an item-scoring head fitted in closed form on the
+frozen LLM's state, reading the final layer / decoder block 4) and ``head_l4_user`` (Yes/No: block 4 read
+at the user's token, the protocol's MF injected folded), the recipes chosen on validation rows (README,
+"Injection that learns").
+
 Any prepared split (``--data DIR``, e.g. a user's own interactions prepared by ``collab-llm prepare
 --interactions FILE --items FILE --protocol loo``) takes the place of the MovieLens preset: the protocol is
 read from its manifest (``--interactions FILE --items FILE`` prepares one into the work folder first, see
@@ -57,6 +62,7 @@ from collab_llm.presets import (
     CONFIGS,
     PREFERENCE_STAGES,
     PROTOCOLS,
+    VARIANT_OF,
     Protocol,
     ProtocolSpec,
     config_name,
@@ -84,7 +90,8 @@ from collab_llm.runs import (
 # ---------------------------------------------------------------------------------------- records
 TEXT_BASELINE = "tallrec"  # every other run with per-row predictions gets a paired difference to it
 INTERVALS = ("Intervals: 95% bootstrap over test rows (AUC, UAUC: over users); paired differences to "
-             f"`{TEXT_BASELINE}` (and of a preference stage `X+sdpo` to its start `X`, of `head_l4` to `head`) resample the same rows "
+             f"`{TEXT_BASELINE}` (and of a preference stage `X+sdpo` to its start `X`, of "
+             + ", ".join(f"`{v}` to `{o}`" for v, o in VARIANT_OF.items()) + ") resample the same rows "
              "(Yes/No: users) for both methods.")
 
 
@@ -197,6 +204,8 @@ class Comparison:
             if start not in self.methods[:i]:
                 raise UserError(f"{method!r} starts from the finished {start!r} run of this report: list {start!r} "
                                 f"before it in --methods")
+        if self.cf_model is not None:
+            self._check_foldable(spec)
         if self.item_word is not None and self.item_word not in WORDINGS:
             raise UserError(f"--item-word {self.item_word!r}: expected one of {sorted(WORDINGS)}")
         self.profile = self.profile.for_protocol(self.protocol)
@@ -232,6 +241,19 @@ class Comparison:
             raise UserError(f"--cf-model {self.cf_model}: a {kind!r} model; the {self.protocol} methods need a "
                             f"{spec.cf_method!r} model (collab-llm cf fit --config {spec.own_cf_config or spec.cf_config})")
         return spec
+
+    def _check_foldable(self, spec: ProtocolSpec) -> None:
+        """A method that injects the MF folded (``cf_fold_biases``, e.g. ``head_l4_user``) needs the given MF to
+        have bias terms: refused here, before any run, rather than when that method's run starts."""
+        from collab_llm.errors import UserError
+        from collab_llm.fingerprint import read_json
+
+        folding = [m for m in self.methods if m in spec.llm_methods and self.model_config(m).cf_fold_biases]
+        raw = read_json(Path(self.cf_model) / "config.json", "CF model config (--cf-model)")
+        if folding and not (isinstance(raw, dict) and raw.get("use_bias")):
+            raise UserError(f"--cf-model {self.cf_model}: an MF without bias terms, but {folding} inject MF's biases "
+                            "folded into its embeddings: train it with --model.init_args.use_bias true, or leave "
+                            f"{folding} out of --methods")
 
     @property
     def split_dir(self) -> Path:

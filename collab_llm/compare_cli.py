@@ -54,7 +54,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                         "Yes/No: mf); default: compare trains the protocol's CF config into <work-dir>/cf")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to compare (default: the protocol's: nextitem: sasrec tallrec llara ilora head head_l4; "
-                        "yesno: mf tallrec collm head head_l4); next-item also X+sdpo / X+dpo after an LLM method X (a "
+                        "yesno: mf tallrec collm head head_l4 head_l4_user); next-item also X+sdpo / X+dpo after an LLM method X (a "
                         "preference stage started from X's run)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     p.add_argument("--llm-steps", type=_positive_int, default=None, help="override the profile's LLM training steps")

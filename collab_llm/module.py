@@ -79,6 +79,10 @@ class CollabLLM(L.LightningModule):
         regime: see the module docstring.
         cf_model_path: folder of a CF model saved with ``save_pretrained`` (needed unless
             ``regime="text"``).
+        cf_fold_biases: inject the folded export of that MF (it needs ``use_bias``): users ``[p_u, 1, b_u]``,
+            items ``[q_i, b_i, 1]``, so the soft tokens carry MF's biases
+            (:meth:`cf_models.mf.MatrixFactorization.folded`); the saved model is not changed. Not a paper's
+            setting (CoLLM injects the embeddings); ``head_l4_user`` uses it.
         projector: projector kind (``"llara_mlp"``, ``"collm_mlp"``, ``"linear"``).
         dtype: backbone weights dtype; trainable parts stay float32.
         adapter: the adapter spec (:mod:`collab_llm.adapters`): :class:`~collab_llm.adapters.LoRA` (rank,
@@ -181,6 +185,7 @@ class CollabLLM(L.LightningModule):
         head_target: Literal["default", "signed_item", "user"] = "default",
         head_layer: int | None = None,
         preference: PreferenceConfig | None = None,
+        cf_fold_biases: bool = False,
     ) -> None:
         super().__init__()
         # Evaluation-only settings stay out of the checkpoint's hyper-parameters: LightningCLI
@@ -212,6 +217,7 @@ class CollabLLM(L.LightningModule):
             backbone_path, template, cf_model_path=cf_model_path, projector=projector, dtype=dtype, adapter=adapter,
             scorer=scorer, yes_no_loss=yes_no_loss, head_loss=head_loss, head_layer=head_layer,
             head_target=head_target, gradient_checkpointing=gradient_checkpointing, seed=seed,
+            cf_fold_biases=cf_fold_biases,
         )
         self.head_init_stats: dict[str, float] = {}
         rec = self.recommender

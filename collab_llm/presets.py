@@ -54,12 +54,14 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         dataset="ml-1m", prepare_protocol="collm", split_name="ml1m_collm", cf_method="mf",
         cf_config=CONFIGS / "cf" / "mf_collm_ml1m.yaml",
         data_config=CONFIGS / "llm" / "data" / "ml1m_collm.yaml",
-        default_methods=("mf", "tallrec", "collm", "head", "head_l4"),
+        default_methods=("mf", "tallrec", "collm", "head", "head_l4", "head_l4_user"),
         llm_methods={
             "tallrec": CONFIGS / "llm" / "model" / "tallrec_collm.yaml",
             "collm": CONFIGS / "llm" / "model" / "collm_yes_no.yaml",
             "head": CONFIGS / "llm" / "model" / "head_yes_no.yaml",
             "head_l4": CONFIGS / "llm" / "model" / "head_l4_yes_no.yaml",
+            # block 4 read at the user's token onto the injected user vector, the MF injected folded
+            "head_l4_user": CONFIGS / "llm" / "model" / "head_l4_user_yes_no.yaml",
         },
         # TALLRec-style few-shot LLM tuning (CoLLM's preset, its largest TALLRec set); MF trains on all of train
         train_table="train_256",
@@ -112,7 +114,7 @@ def start_method(method: str) -> str | None:
 
 
 #: a named improvement -> the method it improves on (the report pairs them, as it pairs X+sdpo with X)
-VARIANT_OF: dict[str, str] = {"head_l4": "head"}
+VARIANT_OF: dict[str, str] = {"head_l4": "head", "head_l4_user": "head_l4"}
 
 
 def own_baseline(method: str) -> str | None:

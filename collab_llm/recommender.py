@@ -71,6 +71,19 @@ def check_settings(task: Task, template: str, scorer: str, yes_no_loss: str, hea
         raise ValueError(f"head_layer={head_layer}: needs scorer='head' and a block number >= 1 (null: the final layer)")
 
 
+def folded_cf_model(cf_model: Any, path: Any) -> Any:
+    """The folded export of a loaded MF with biases (same scores but the global constant; the embeddings carry
+    the biases), keeping where it was loaded from (its fingerprint and ``made_from``, which bundles record)."""
+    fold = getattr(cf_model, "folded", None)
+    if fold is None or not getattr(cf_model.config, "use_bias", False):
+        kind = getattr(cf_model.config, "model_type", type(cf_model).__name__)
+        raise ValueError(f"cf_fold_biases: true: the CF model at {path} is a {kind!r} model without bias terms; "
+                         "folding needs an MF trained with use_bias: true (or set cf_fold_biases: false)")
+    out = fold()
+    out.made_from, out.source_sha256 = cf_model.made_from, cf_model.source_sha256
+    return out
+
+
 def upgrade_state_keys(state: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint ``state_dict`` with the keys of a module written before it held a Recommender
     (``llm.*``, ``injector.*``, ``head.*``, ``gate_network.*``) renamed to ``recommender.*``; others as they are."""
@@ -144,11 +157,14 @@ class Recommender(nn.Module):
         dtype: DType = "float32", adapter: LoRA | None = None, scorer: Scorer = "likelihood",
         yes_no_loss: YesNoLoss = "lm", head_loss: HeadLoss = "candidates", head_layer: int | None = None,
         head_target: HeadTarget = "default", gradient_checkpointing: bool = False, seed: int = 0,
+        cf_fold_biases: bool = False,
     ) -> Recommender:
         """A fresh, untrained recommender: the backbone of ``backbone_path`` with a new ``adapter`` (default
         :class:`LoRA`), a new projector onto the CF model of ``cf_model_path`` (``None``: text-only), a new
         head for ``scorer="head"``. Initialisation depends on ``seed`` only: adapter ``seed``, projector
-        ``seed + 1``, iLoRA gate ``seed + 2``, head ``seed + 3``."""
+        ``seed + 1``, iLoRA gate ``seed + 2``, head ``seed + 3``. ``cf_fold_biases``: inject the MF's
+        folded export (:meth:`cf_models.mf.MatrixFactorization.folded`: users ``[p_u, 1, b_u]``, items
+        ``[q_i, b_i, 1]``, so the tokens carry its biases) of the saved MF, instead of its embeddings."""
         adapter = adapter if adapter is not None else LoRA()
         check_settings(load_template(template).task, template, scorer, yes_no_loss, head_loss, head_layer, head_target)
         backbone = load_backbone(backbone_path, dtype)
@@ -174,12 +190,16 @@ class Recommender(nn.Module):
                 importlib.import_module(name)
 
             cf_model = CFModel.from_pretrained(cf_model_path)
+            if cf_fold_biases:
+                cf_model = folded_cf_model(cf_model, cf_model_path)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + 1)
                 proj = build_projector(
                     projector, int(cf_model.embedding_dim), backbone.hidden_size,
                     target_norm=mean_embedding_norm(backbone.model) if projector.startswith("scaled_") else None,
                 )
+        elif cf_fold_biases:
+            raise ValueError("cf_fold_biases: true folds a CF model's biases into its embeddings: it needs cf_model_path")
         ids = backbone.placeholder_ids
         injector = SoftTokenInjector(cf_model, proj, [ids[t] for t in ITEM_PLACEHOLDERS if t in ids],
                                      [ids[t] for t in USER_PLACEHOLDERS if t in ids])

@@ -110,6 +110,26 @@ def test_head_method_scores_without_generation_and_aligns_on_the_budget(tmp_path
         assert comp.model_config("head").scorer == "head" and comp.regime("head") == "joint"
 
 
+def test_folded_method_runs_on_the_protocols_mf_and_a_bias_free_mf_is_refused_up_front(tmp_path):
+    """``head_l4_user`` injects the protocol's own MF folded (no second CF model): its run reads the same CF
+    folder as every Yes/No method, with ``cf_fold_biases``; a given MF without biases is refused before any run,
+    naming the method and the fix."""
+    from collab_llm.errors import UserError
+
+    assert "head_l4_user" in compare.PROTOCOLS["yesno"].default_methods
+    comp = compare.Comparison("yesno", ["mf", "collm", "head_l4_user"], PROFILES["smoke"], tmp_path, tmp_path / "r",
+                              backbone="unused")
+    run, collm = comp.llm_run("head_l4_user"), comp.llm_run("collm")
+    assert run.model.cf_model_path == collm.model.cf_model_path == comp.cf_dir
+    assert comp.model_config("head_l4_user").cf_fold_biases and not comp.model_config("collm").cf_fold_biases
+    assert comp.model_config("head_l4_user").head_layer == 4
+    cf = make_cf_dirs(tmp_path)
+    compare.Comparison("yesno", ["head_l4_user"], PROFILES["smoke"], tmp_path, tmp_path / "r", cf_model=cf["mf_bias"])
+    with pytest.raises(UserError, match=r"without bias terms, but \['head_l4_user'\].*use_bias true"):
+        compare.Comparison("yesno", ["mf", "head_l4_user"], PROFILES["smoke"], tmp_path, tmp_path / "r", cf_model=cf["mf"])
+    compare.Comparison("yesno", ["mf", "collm"], PROFILES["smoke"], tmp_path, tmp_path / "r", cf_model=cf["mf"])
+
+
 def test_test_sample_is_the_rows_compare_scores(tmp_path):
     from collab_llm.datamodule import RecDataModule, sample_rows
 

@@ -259,3 +259,44 @@ def test_head_target_and_layer_are_checked(tmp_path):
     with pytest.raises(ValueError, match="head_layer"):
         CollabLLM(backbone_path=str(backbone), template="llara_movielens", regime="joint",
                   cf_model_path=str(cf["sasrec"]), head_layer=2)
+
+
+def test_folded_injection_carries_mf_biases_and_round_trips_through_a_bundle(tmp_path):
+    """``cf_fold_biases``: the injected model is the saved MF's folded export (its inner products are MF's scores
+    but the global bias; where it came from is kept), the saved MF is not changed, the Yes/No user head reads
+    the folded user vector, and a bundle reloads it as saved (not folded twice) with the same scores."""
+    from cf_models.base import CFModel
+    from collab_llm.recommender import Recommender
+
+    module, data = _head_module(tmp_path, task="yes_no", cf_kind="mf_bias", cf_fold_biases=True, head_init_rows=8,
+                                head_target="user", head_layer=1)
+    saved = CFModel.from_pretrained(make_cf_dirs(tmp_path)["mf_bias"])
+    cf = module.injector.cf_model
+    assert cf.config.folded_biases and not cf.config.use_bias and cf.embedding_dim == saved.embedding_dim + 2
+    assert cf.source_sha256 == saved.source_sha256 and cf.made_from == saved.made_from
+    users, items = torch.tensor([1, 2, 3]), torch.tensor([4, 1, 2])
+    with torch.no_grad():
+        want = saved.pair_scores(users=users, items=items) - saved.global_bias
+        got = (cf.user_embeddings(users) * cf.item_embeddings(items)).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    data.setup("fit")
+    module.initialize_head(data.datasets["train"], data.collator)
+    assert module.head.query.net.weight.shape[0] == cf.embedding_dim  # fitted onto the folded user vectors
+    module.eval()
+    data.setup("test")
+    batch = next(iter(data.test_dataloader()))
+    expected = [r["score"] for r in module.score_batch(batch)]
+    loaded = Recommender.from_pretrained(module.recommender.save_pretrained(tmp_path / "bundle"))
+    assert loaded.injector.cf_model.embedding_dim == cf.embedding_dim
+    assert [r["score"] for r in loaded.score(batch, "hybrid")] == pytest.approx(expected, abs=1e-6)
+
+
+def test_folding_needs_an_mf_with_biases(tmp_path):
+    backbone = make_backbone_dir(tmp_path, "llama")
+    cf = make_cf_dirs(tmp_path)
+    for kind in ("mf", "sasrec"):
+        with pytest.raises(ValueError, match="use_bias: true"):
+            CollabLLM(backbone_path=str(backbone), template="head_yes_no", regime="joint", scorer="head",
+                      cf_model_path=str(cf[kind]), cf_fold_biases=True)
+    with pytest.raises(ValueError, match="needs cf_model_path"):
+        CollabLLM(backbone_path=str(backbone), template="collm_movielens", regime="text", cf_fold_biases=True)

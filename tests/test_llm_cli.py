@@ -33,7 +33,8 @@ def overrides(tmp_path: Path, task: str, model_cfg: dict, family: str = "llama")
     cf = model_cfg["model"].get("cf_model_path")
     if cf is not None:
         dirs = make_cf_dirs(tmp_path)
-        args += ["--model.cf_model_path", str(dirs["sasrec" if "sasrec" in cf else "mf"])]
+        kind = "sasrec" if "sasrec" in cf else "mf_bias" if model_cfg["model"].get("cf_fold_biases") else "mf"
+        args += ["--model.cf_model_path", str(dirs[kind])]
     targets = ((model_cfg["model"].get("adapter") or {}).get("init_args") or {}).get("target_modules")
     if targets is not None and family == "gpt2":
         args += ["--model.adapter.target_modules", "[c_attn]"]

@@ -93,12 +93,20 @@ def make_split(root: Path, task: str, n_train: int = 8, n_eval: int = 6, seed: i
 
 
 def make_cf_dirs(root: Path) -> dict[str, Path]:
-    """Tiny MF (user + item tables) and SASRec (item table + sequence encoder) saved with save_pretrained."""
-    out = {"mf": root / "cf-mf", "sasrec": root / "cf-sasrec"}
+    """Tiny MF (user + item tables; ``mf_bias``: with bias terms) and SASRec (item table + sequence encoder)
+    saved with save_pretrained."""
+    out = {"mf": root / "cf-mf", "sasrec": root / "cf-sasrec", "mf_bias": root / "cf-mf-bias"}
     if not out["mf"].exists():
         torch.manual_seed(0)
         MatrixFactorization(MFConfig(n_users=N_USERS, n_items=N_ITEMS, embedding_dim=8)).save_pretrained(out["mf"])
         SASRec(SASRecConfig(n_items=N_ITEMS, hidden_size=8, num_layers=1, num_heads=2, max_len=10, ffn_dim=16)).save_pretrained(out["sasrec"])
+    if not out["mf_bias"].exists():
+        torch.manual_seed(1)
+        mf = MatrixFactorization(MFConfig(n_users=N_USERS, n_items=N_ITEMS, embedding_dim=8, use_bias=True))
+        with torch.no_grad():  # biases start at zero: give them values, so folding them in shows
+            mf.user_bias.weight[1:].normal_()
+            mf.item_bias.weight[1:].normal_()
+        mf.save_pretrained(out["mf_bias"])
     return out
 
 
@@ -119,9 +127,10 @@ def as_compare_work(split_dir: Path, cf_dir: Path, protocol: str, source: str, s
                        made_from={"split_sha256": split_sha256(split_dir), "seed": seed})
 
 
-def make_module(tmp_path: Path, task: str, *, template: str, projector: str, data_kw: dict, **module_kw):
-    """A CollabLLM on the tiny backbone, CF model (SASRec for next-item, MF for Yes/No) and split, with its
-    RecDataModule; ``regime`` defaults to ``"joint"``."""
+def make_module(tmp_path: Path, task: str, *, template: str, projector: str, data_kw: dict, cf_kind: str | None = None,
+                **module_kw):
+    """A CollabLLM on the tiny backbone, CF model (SASRec for next-item, MF for Yes/No, or ``cf_kind``, a key of
+    :func:`make_cf_dirs`) and split, with its RecDataModule; ``regime`` defaults to ``"joint"``."""
     from collab_llm.datamodule import RecDataModule
     from collab_llm.module import CollabLLM
 
@@ -129,7 +138,7 @@ def make_module(tmp_path: Path, task: str, *, template: str, projector: str, dat
     cf = make_cf_dirs(tmp_path)
     module_kw.setdefault("regime", "joint")
     module = CollabLLM(backbone_path=str(backbone), template=template, projector=projector,
-                       cf_model_path=str(cf["sasrec" if task == "next_item" else "mf"]), **module_kw)
+                       cf_model_path=str(cf[cf_kind or ("sasrec" if task == "next_item" else "mf")]), **module_kw)
     data = RecDataModule(str(make_split(tmp_path, task)), template, str(backbone), **data_kw)
     return module, data
 
