@@ -270,7 +270,11 @@ class Comparison:
             from collab_llm.fingerprint import short
 
             name = f"{name}-{short(self.split_sha256())[:8]}"
-        return self.work_dir / "cf" / f"{self.spec.cf_method}_{name}{self._seed_suffix}"
+        # a profile that caps the CF model's epochs (quick: 8) trains its own, so which profile ran first in a work
+        # folder never changes another's CF model (and its report)
+        cap = self.profile.cf_max_epochs
+        epochs = "" if cap is None else f"-ep{cap}"
+        return self.work_dir / "cf" / f"{self.spec.cf_method}_{name}{self._seed_suffix}{epochs}"
 
     def split_sha256(self) -> str:
         """The split's fingerprint (the hash of its manifest, which lists every table's sha256)."""

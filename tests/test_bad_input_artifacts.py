@@ -126,7 +126,7 @@ def make_work(t: Path) -> None:
     shutil.copytree(t / "splitA", work / "ml100k_loo")
     edit_json(work / "ml100k_loo" / "manifest.json", source="ml-100k", protocol="nextitem/loo")
     cf = CFModel.from_pretrained(t / "cf")
-    cf.save_pretrained(work / "cf" / "sasrec_ml100k_loo", extra_json={"metrics.json": {"train_seconds": 1.0}},
+    cf.save_pretrained(work / "cf" / "sasrec_ml100k_loo-ep1", extra_json={"metrics.json": {"train_seconds": 1.0}},
                        made_from={**(cf.made_from or {}), "split_sha256": split_sha256(work / "ml100k_loo")})
 
 
@@ -369,16 +369,16 @@ CASES: list[Case] = [
     Case("compare: garbled work split", COMPARE, [r"work/ml100k_loo/valid\.parquet: sha256"],
          lambda t: (make_work(t), garble(t / "work" / "ml100k_loo" / "valid.parquet", 0.5))),
     Case("compare: foreign CF folder", COMPARE,
-         [r"cf/sasrec_ml100k_loo: is a non-empty folder without a CF model config\.json.*compare did not make it"],
-         lambda t: (make_work(t), shutil.rmtree(t / "work" / "cf" / "sasrec_ml100k_loo"),
-                    (t / "work" / "cf" / "sasrec_ml100k_loo").mkdir(),
-                    (t / "work" / "cf" / "sasrec_ml100k_loo" / "x.txt").write_text("x"))),
+         [r"cf/sasrec_ml100k_loo-ep1: is a non-empty folder without a CF model config\.json.*compare did not make it"],
+         lambda t: (make_work(t), shutil.rmtree(t / "work" / "cf" / "sasrec_ml100k_loo-ep1"),
+                    (t / "work" / "cf" / "sasrec_ml100k_loo-ep1").mkdir(),
+                    (t / "work" / "cf" / "sasrec_ml100k_loo-ep1" / "x.txt").write_text("x"))),
     Case("compare: CF model of another split", COMPARE,
-         [r"sasrec_ml100k_loo/config\.json records split .* but .*work/ml100k_loo has split", ALLOW_ENV],
-         lambda t: (make_work(t), shutil.rmtree(t / "work" / "cf" / "sasrec_ml100k_loo"),
-                    shutil.copytree(t / "cf", t / "work" / "cf" / "sasrec_ml100k_loo"))),
-    Case("compare: CF model of another catalogue", COMPARE, [r"sasrec_ml100k_loo/config\.json records item catalogue"],
-         lambda t: (make_work(t), edit_cf_made_from(t / "work" / "cf" / "sasrec_ml100k_loo", catalog_sha256="3" * 64))),
+         [r"sasrec_ml100k_loo-ep1/config\.json records split .* but .*work/ml100k_loo has split", ALLOW_ENV],
+         lambda t: (make_work(t), shutil.rmtree(t / "work" / "cf" / "sasrec_ml100k_loo-ep1"),
+                    shutil.copytree(t / "cf", t / "work" / "cf" / "sasrec_ml100k_loo-ep1"))),
+    Case("compare: CF model of another catalogue", COMPARE, [r"sasrec_ml100k_loo-ep1/config\.json records item catalogue"],
+         lambda t: (make_work(t), edit_cf_made_from(t / "work" / "cf" / "sasrec_ml100k_loo-ep1", catalog_sha256="3" * 64))),
 ]
 
 
@@ -566,11 +566,15 @@ def test_compare_reuses_only_finished_cf_models_and_skips_identical_runs(base: P
     assert comp.reusable_split() and comp.reusable_cf()
     finished_run(tmp_path)
     assert comp.finished("sasrec") and comp.finished("sasrec", early=True)  # the same fingerprint: skipped
-    (tmp_path / "work" / "cf" / "sasrec_ml100k_loo" / "metrics.json").unlink()
-    edit_json(tmp_path / "work" / "cf" / "sasrec_ml100k_loo" / "config.json", files={})
+    (tmp_path / "work" / "cf" / "sasrec_ml100k_loo-ep1" / "metrics.json").unlink()
+    edit_json(tmp_path / "work" / "cf" / "sasrec_ml100k_loo-ep1" / "config.json", files={})
     assert not comp.reusable_cf()  # weights without metrics: an interrupted export, trained again
     seeded = compare.Comparison("nextitem", ["sasrec"], PROFILES["smoke"], tmp_path / "work", tmp_path / "r", seed=1)
-    assert seeded.split_dir.name == "ml100k_loo-seed1" and seeded.cf_dir.name == "sasrec_ml100k_loo-seed1"
+    assert seeded.split_dir.name == "ml100k_loo-seed1" and seeded.cf_dir.name == "sasrec_ml100k_loo-seed1-ep1"
+    # the quick profile's capped SASRec and the full profile's are different folders, whichever ran first
+    names = {p: compare.Comparison("nextitem", ["sasrec"], PROFILES[p], tmp_path / "work", tmp_path / "r").cf_dir.name
+             for p in ("quick", "full")}
+    assert names == {"quick": "sasrec_ml100k_loo-ep8", "full": "sasrec_ml100k_loo"}
     assert not seeded.reusable_split()
 
 

@@ -24,8 +24,8 @@ def _work(tmp_path: Path) -> tuple[Path, Path]:
     work = tmp_path / "work"
     (work / "cf").mkdir(parents=True)
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
-    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
-    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
+    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo-ep1")
+    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo-ep1", "nextitem/loo", "ml-100k")
     return work, make_backbone_dir(tmp_path, "llama")
 
 

@@ -103,8 +103,8 @@ def test_kill_9_of_compare_mid_run_then_rerun_gives_the_uninterrupted_report(tmp
     work = tmp_path / "work"
     (work / "cf").mkdir(parents=True)
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
-    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
-    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
+    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo-ep1")
+    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo-ep1", "nextitem/loo", "ml-100k")
     argv = ["compare", "--protocol", "nextitem", "--methods", "sasrec", "llara", "--profile", "smoke",
             "--work-dir", str(work), "--backbone", str(make_backbone_dir(tmp_path, "llama"))]
     monkeypatch.chdir(tmp_path)

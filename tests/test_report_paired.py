@@ -43,8 +43,8 @@ def _yesno_work(tmp_path: Path) -> Path:
         # +1 for odd ids, -1 for even ones: the pair score u * i is +1 exactly when the parities agree
         mf.user_embedding.weight[1:, 0] = torch.tensor([1.0 if u % 2 else -1.0 for u in range(1, N_USERS + 1)])
         mf.item_embedding.weight[1:, 0] = torch.tensor([1.0 if i % 2 else -1.0 for i in range(1, N_ITEMS + 1)])
-    mf.save_pretrained(work / "cf" / "mf_ml1m_collm")
-    as_compare_work(work / "ml1m_collm", work / "cf" / "mf_ml1m_collm", "yesno/collm", "ml-1m")  # as compare makes it
+    mf.save_pretrained(work / "cf" / "mf_ml1m_collm-ep1")
+    as_compare_work(work / "ml1m_collm", work / "cf" / "mf_ml1m_collm-ep1", "yesno/collm", "ml-1m")  # as compare makes it
     return work
 
 
@@ -200,8 +200,8 @@ def test_nextitem_compare_reports_paired_differences_from_real_runs(tmp_path):
     work = tmp_path / "work"
     (work / "cf").mkdir(parents=True)
     shutil.copytree(make_split(tmp_path, "next_item"), work / "ml100k_loo")
-    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo")
-    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo", "nextitem/loo", "ml-100k")
+    shutil.copytree(make_cf_dirs(tmp_path)["sasrec"], work / "cf" / "sasrec_ml100k_loo-ep1")
+    as_compare_work(work / "ml100k_loo", work / "cf" / "sasrec_ml100k_loo-ep1", "nextitem/loo", "ml-100k")
     profile = replace(PROFILES["smoke"], test_rows=4, generate=False)
     comp = compare.Comparison("nextitem", ["tallrec", "llara"], profile, work, tmp_path / "report",
                               backbone=str(make_backbone_dir(tmp_path, "llama")), log=lambda msg: None)
