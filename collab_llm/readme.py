@@ -227,6 +227,7 @@ _METHODS = {
     "llara": "LLaRA (hybrid, curriculum)", "ilora": "iLoRA (4 experts)", "collm": "CoLLM (MF tokens, two stages)",
     "head": "head (hybrid, item-scoring head fitted in closed form, final hidden state)",
     "head_l4": "**head_l4** (the same head reading decoder block 4)",
+    "head_l4_user": "**head_l4_user** (block 4 read at the user's token, onto the MF's folded user vector)",
 }
 
 

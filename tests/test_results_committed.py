@@ -15,7 +15,7 @@ def test_results_json_has_both_protocols_and_the_required_fields():
     assert records and all(set(REQUIRED_KEYS) <= set(r) for r in records)
     methods = {(r["protocol"].split(":")[0], r["method"]) for r in records}
     assert methods == {("nextitem", m) for m in ("sasrec", "tallrec", "llara", "ilora", "head", "head_l4")} | {
-        ("yesno", m) for m in ("mf", "tallrec", "collm", "head", "head_l4")}
+        ("yesno", m) for m in ("mf", "tallrec", "collm", "head", "head_l4", "head_l4_user")}
     for r in records:
         assert r["ci_low"] <= r["value"] <= r["ci_high"], r
         assert r["n_test"] > 0 and r["train_s"] >= 0 and r["eval_s"] >= 0
