@@ -15,10 +15,20 @@ If the last layer reads worse than the input, the signal is there but buried by 
 on the last hidden state then has to learn to dig it out (slow), while an earlier layer or pooled
 layers could be read directly.
 
+``--positions m [m ...]``: also read the states at the soft-token positions of the ``m`` most recent
+history items, concatenated (oldest first; zeros where a history is shorter); ``m = 1`` is the last
+position, what the head recipes read. At ``m > 1`` the "input" row is a linear read-out of the ``m``
+most recent soft tokens themselves, without the LLM: a layer reading more than it, on the same rows
+(the paired line, per ``--paired-layer``), is the LLM adding to its CF input.
+
 Usage::
 
     OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/planted_loo \\
         --cf-model work/injection_bench/cf/sasrec_planted_loo
+    # the m most recent soft tokens' states, blocks 2 / 4 / 8 / final against the input (levers 35-36):
+    OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
+        --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 384 --lam 100 \
+        --positions 1 3 5 --layers 0 2 4 8 30 --out results/levers/probe_ml100k_positions.json
 
 The last line is one JSON object.
 """
@@ -54,6 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the JSON result here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--positions", type=int, nargs="+", default=[1],
+                   help="read the states at the soft tokens of the m most recent history items, concatenated")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="hidden-state indices to probe (0: the input, k: decoder block k's output; default: all)")
+    p.add_argument("--paired-layer", type=int, default=4,
+                   help="paired HR@1 interval of this layer minus the input, per m")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -85,6 +101,22 @@ def main(argv: list[str] | None = None) -> dict:
     titles = titles_from_items(pd.read_parquet(split / "items.parquet"))
     collator = PromptCollator(bb.tokenizer, load_template(a.template), titles, bb.placeholder_ids, ["hybrid"], 1024, 10, 1)
 
+    placeholder_ids = torch.tensor([bb.placeholder_ids[t] for t in ITEM_PLACEHOLDERS if t in bb.placeholder_ids])
+    widest = max(a.positions)
+
+    def recent_positions(ids: torch.Tensor) -> torch.Tensor:
+        """``(B, widest)`` positions of the most recent history soft tokens, oldest first; -1 where absent."""
+        out = torch.full((ids.shape[0], widest), -1, dtype=torch.long)
+        for b, row in enumerate(torch.isin(ids, placeholder_ids)):
+            pos = row.nonzero().squeeze(-1)[-widest:]
+            out[b, widest - len(pos):] = pos
+        return out
+
+    def gather(h: torch.Tensor, pos: torch.Tensor) -> np.ndarray:
+        """``(B, widest, H)`` states at ``pos`` (zeros at -1)."""
+        picked = h[torch.arange(h.shape[0])[:, None], pos.clamp(min=0)]
+        return (picked * (pos >= 0)[..., None]).float().numpy()
+
     @torch.no_grad()
     def features(rows: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         ds = TableDataset(rows, "next_item")
@@ -100,8 +132,10 @@ def main(argv: list[str] | None = None) -> dict:
             hs = out.hidden_states  # embeddings, layer 1..L-1 outputs, final (normed) output
             if not layers:
                 layers = [[] for _ in hs]
+            pos = recent_positions(view["prompt_input_ids"])
+            assert bool((pos[:, -1] == pos.new_full((len(pos),), embeds.shape[1] - 1)).all()), "the prompt must end with a soft token"
             for i, h in enumerate(hs):
-                layers[i].append(h[:, -1].float().numpy())
+                layers[i].append(gather(h, pos))
             token.append(embeds[:, -1].float().numpy())
             seq.append(cf.sequence_representation(batch["history"]).float().numpy())
             if a.target == "sequence":
@@ -126,18 +160,36 @@ def main(argv: list[str] | None = None) -> dict:
     hr, nd = rank_metrics(np.einsum("bd,bcd->bc", s_va, c_va))
     result["sasrec_hr1"], result["sasrec_ndcg10"] = round(hr, 4), round(nd, 4)
     print(f"SASRec itself: HR@1 {hr:.3f} NDCG@10 {nd:.3f}", flush=True)
-    per_layer = []
-    for i, (xtr, xva) in enumerate(zip(h_tr, h_va)):
-        head = ItemScoringHead(xtr.shape[1], q_tr.shape[1])  # the recipe's own fit: standardise, then ridge
-        head.fit_least_squares(torch.from_numpy(xtr), torch.from_numpy(q_tr), a.lam)
-        with torch.no_grad():
-            pred = head.query(head.standardize(torch.from_numpy(xva))).double().numpy()
-        r2 = 1 - ((pred - q_va) ** 2).sum() / ((q_va - q_tr.mean(0)) ** 2).sum()
-        hr, nd = rank_metrics(np.einsum("bd,bcd->bc", pred, c_va))
-        name = "input" if i == 0 else ("final" if i == len(h_tr) - 1 else f"layer{i}")
-        per_layer.append({"layer": name, "r2": round(float(r2), 4), "hr1": round(hr, 4), "ndcg10": round(nd, 4)})
-        print(f"{name:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
+    from collab_llm.metrics import paired_difference
+
+    per_layer, paired = [], []
+    chosen = a.layers if a.layers is not None else list(range(len(h_tr)))
+    for m in a.positions:
+        hits: dict[int, np.ndarray] = {}
+        for i in chosen:
+            xtr, xva = (h[i][:, widest - m:].reshape(len(h[i]), -1) for h in (h_tr, h_va))
+            head = ItemScoringHead(xtr.shape[1], q_tr.shape[1])  # the recipe's own fit: standardise, then ridge
+            head.fit_least_squares(torch.from_numpy(xtr), torch.from_numpy(q_tr), a.lam)
+            with torch.no_grad():
+                pred = head.query(head.standardize(torch.from_numpy(xva))).double().numpy()
+            r2 = 1 - ((pred - q_va) ** 2).sum() / ((q_va - q_tr.mean(0)) ** 2).sum()
+            scores = np.einsum("bd,bcd->bc", pred, c_va)
+            hr, nd = rank_metrics(scores)
+            hits[i] = (scores.argmax(1) == target).astype(float)
+            name = "input" if i == 0 else ("final" if i == len(h_tr) - 1 else f"layer{i}")
+            # one read per layer, or (several --positions) per layer and m: "layer4@3"
+            per_layer.append({"layer": name if len(a.positions) == 1 else f"{name}@{m}", "r2": round(float(r2), 4),
+                              "hr1": round(hr, 4), "ndcg10": round(nd, 4)})
+            print(f"m={m} {name:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
+        if 0 in hits and a.paired_layer in hits and a.paired_layer != 0:
+            d = paired_difference(hits[a.paired_layer], hits[0], seed=a.seed)
+            paired.append({"layer": f"layer{a.paired_layer}@{m}", "hr1_diff_vs_input": round(d.value, 4),
+                           "ci_low": round(d.ci_low, 4), "ci_high": round(d.ci_high, 4)})
+            print(f"m={m}: layer {a.paired_layer} minus input, HR@1 {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] "
+                  "(paired bootstrap, same rows)", flush=True)
     result["layers"] = per_layer
+    if paired:
+        result["paired"] = paired
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     from collab_llm.io import emit_result
 

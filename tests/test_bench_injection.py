@@ -76,6 +76,10 @@ def test_precision_bench_times_both_precisions_on_a_tiny_model(tmp_path):
     for recipe in ("llara", "head"):
         assert result[f"{recipe}_step_s_fp32"] > 0 and result[f"{recipe}_step_s_bf16"] > 0
         assert result[f"{recipe}_loss_rel_diff"] < 0.05  # the same model in bf16: equal loss within rounding
+    for tag in ("fp32", "bf16"):  # the LM step also with HF's full logits and without LoRA dropout
+        assert result[f"llara_step_s_{tag}_full"] > 0 and result[f"llara_answer_logits_speedup_{tag}"] > 0
+        assert result[f"llara_step_s_{tag}_nodrop"] > 0 and result[f"llara_dropout_share_{tag}"] < 1
+    assert "head_step_s_fp32_full" not in result  # the head step has no LM head
     assert result["auto_dtype"] in ("float32", "bfloat16") and (tmp_path / "p.json").is_file()
 
 
@@ -129,3 +133,26 @@ def test_mf_bias_share_reads_each_part_of_the_score_on_the_same_rows(tmp_path):
 
     with pytest.raises(UserError, match="with biases"):
         bench.main(["--split", str(split), "--cf-model", str(tmp_path / "folded"), "--tables", "valid"])
+
+
+def test_probe_reads_the_most_recent_soft_tokens_per_layer(tmp_path):
+    """``bench/injection_probe.py --positions``: one read per layer and m, named ``<layer>@<m>``, and the paired
+    line per m; a single m keeps the plain layer names that the committed lever files use."""
+    import pandas as pd
+
+    from test_llm_fixtures import make_cf_dirs, make_split
+
+    bench = load_bench("injection_probe")
+    split = make_split(tmp_path, "next_item", n_train=12, n_eval=8)
+    common = ["--split", str(split), "--cf-model", str(make_cf_dirs(tmp_path)["sasrec"]), "--backbone",
+              str(make_backbone_dir(tmp_path, "llama")), "--target", "next_item", "--train-rows", "12", "--rows", "8",
+              "--dtype", "float32", "--threads", "1", "--layers", "0", "1"]
+    assert len(pd.read_parquet(split / "valid.parquet")) >= 8
+    many = bench.main([*common, "--positions", "1", "2", "--paired-layer", "1"])
+    assert [r["layer"] for r in many["layers"]] == ["input@1", "layer1@1", "input@2", "layer1@2"]
+    assert [r["layer"] for r in many["paired"]] == ["layer1@1", "layer1@2"]
+    assert all(r["ci_low"] <= r["hr1_diff_vs_input"] <= r["ci_high"] for r in many["paired"])
+    one = bench.main(common)
+    assert [r["layer"] for r in one["layers"]] == ["input", "layer1"]
+    # the m = 1 read is the last position's: the same figures either way
+    assert [r["hr1"] for r in one["layers"]] == [r["hr1"] for r in many["layers"][:2]]
