@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         ranks = (scores >= t).sum(1) - 1
         return float((ranks == 0).mean()), float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
 
-    result: dict = {"target": a.target, "dtype": dtype, "template": a.template, "train_rows": len(train), "rows": len(valid)}
+    result: dict = {"target": a.target, "dtype": dtype, "template": a.template, "train_rows": len(train), "rows": len(valid),
+                    "threads": a.threads}
     hr, nd = rank_metrics(np.einsum("bd,bcd->bc", s_va, c_va))
     result["sasrec_hr1"], result["sasrec_ndcg10"] = round(hr, 4), round(nd, 4)
     print(f"SASRec itself: HR@1 {hr:.3f} NDCG@10 {nd:.3f}", flush=True)
