@@ -10,7 +10,14 @@ The ``llara`` step is also timed with Hugging Face's own loss (``labels=``: logi
 interleaved with the others on the same weights: the speed-up of the answer-only logits
 (:func:`collab_llm.scoring.answer_lm_loss`, what training uses) in each precision; and with LoRA dropout
 off (its Bernoulli masks, one per adapted module and step, drawn by the CPU's serial generator): their
-share of the step.
+share of the step; and with the masks drawn packed (``LoRA(dropout_masks="bits16")``,
+:class:`collab_llm.dropout.PackedDropout`: four 16-bit uniforms per 64-bit draw): what that option saves.
+
+Where the time goes: ``--profile-steps`` more steps of each precision (packed masks, interleaved) run
+under ``torch.profiler``, and the self time of their ops (median over those steps) is split into GEMMs (``aten::mm`` / ``addmm`` / ``bmm``), attention (the SDPA
+kernels), mask drawing (``bernoulli_`` / ``random_``) and everything else. With those, the best
+bf16 / fp32 ratio the step could reach if everything but the GEMMs and attention cost nothing is printed:
+the bound the hardware's kernels set on the issue's ">= 2x" target.
 
 Also printed: the loss of both copies on the same batch before any update (eval mode, no dropout:
 equal within bf16 rounding), the best GEMM rate of this machine in each precision (several shapes
@@ -57,6 +64,33 @@ def gemm_rate(dtype: torch.dtype, shapes: list[tuple[int, int, int]], reps: int 
     return out
 
 
+#: The parts of a profiled step: op-name predicates on ``torch.profiler``'s self CPU time (first match wins).
+PARTS = ("gemm", "attention", "masks", "other")
+
+
+def _part_of(name: str) -> str:
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+        return "gemm"
+    if "scaled_dot_product" in name or "flash_attention" in name:
+        return "attention"
+    if name in ("aten::bernoulli_", "aten::random_"):
+        return "masks"
+    return "other"
+
+
+def profile_step(step: Callable[[], None]) -> dict[str, float]:
+    """Self CPU seconds of one ``step`` under ``torch.profiler``, summed per :data:`PARTS` entry (the
+    profiler's own overhead lands in the ops it wraps, mostly the small ones: "other")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    out = dict.fromkeys(PARTS, 0.0)
+    for event in prof.key_averages():
+        out[_part_of(event.key)] += event.self_cpu_time_total / 1e6
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", required=True, help="a prepared next-item split (loo)")
@@ -67,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile-steps", type=int, default=3, help="profiled steps per precision (the median per part)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -74,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from collab_llm.assets import ensure_assets
     from collab_llm.backbone import cpu_flags, native_bf16, resolve_dtype
     from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
+    from collab_llm.dropout import PackedDropout
     from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
 
@@ -84,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = train[train["history"].map(len) >= 10].iloc[: a.batch_size]
     result: dict[str, Any] = {"auto_dtype": resolve_dtype("auto"), "native_bf16": native_bf16(),
                               "cpu_flags_bf16": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx")),
-                              "threads": a.threads, "batch_size": a.batch_size, "lora_dropout": a.lora_dropout}
+                              "threads": a.threads, "batch_size": a.batch_size, "lora_dropout": a.lora_dropout,
+                              "profile_steps": a.profile_steps}
     print(f"[precision] dtype auto -> {result['auto_dtype']} (native bf16: {result['native_bf16']}, flags "
           f"{result['cpu_flags_bf16']}), {a.threads} threads", flush=True)
 
@@ -126,17 +163,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def step(tag: str) -> Callable[[], None]:
             base, _, variant = tag.partition("_")
             dropouts = [m for n, m in models[base].named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n]
+            # peft's per-module ModuleDicts of dropouts, and a PackedDropout of the same p for each entry
+            dicts = [(d, k, d[k], PackedDropout(d[k].p)) for m in models[base].modules()
+                     if isinstance(d := getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+                     for k in d.keys() if isinstance(d[k], torch.nn.Dropout)]
 
             def run() -> None:
                 if variant == "nodrop":  # LoRA dropout off for this step: no random masks drawn
                     for m in dropouts:
                         m.p = 0.0
+                if variant == "bits16":  # the same dropout with packed masks (dropout_masks="bits16")
+                    for d, k, _, packed in dicts:
+                        d[k] = packed
                 try:
                     loss = loss_of(models[base], full_logits=variant == "full")
                     loss.backward()
                 finally:
                     for m in dropouts:
                         m.p = a.lora_dropout
+                    for d, k, peft_drop, _ in dicts:
+                        d[k] = peft_drop
                 optims[base].step()
                 optims[base].zero_grad(set_to_none=True)
             return run
@@ -145,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # answer-only logits (collab_llm.scoring.answer_lm_loss) save
         # and without LoRA dropout (its random masks: one per adapted module and step)
         tags = ("fp32", "bf16") if loss_kind == "head" else ("fp32", "bf16", "fp32_full", "bf16_full", "fp32_nodrop",
-                                                              "bf16_nodrop")
+                                                              "bf16_nodrop", "fp32_bits16", "bf16_bits16")
         steps = {tag: step(tag) for tag in tags}  # built once: only the steps themselves are timed
         for _ in range(a.warmup):
             for tag in tags:
@@ -170,9 +216,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f / b for f, b in zip(times[f"{tag}_full"], times[tag]))
                 result[f"{recipe}_dropout_share_{tag}"] = statistics.median(
                     1.0 - n / d for n, d in zip(times[f"{tag}_nodrop"], times[tag]))
-        if "fp32_nodrop" in times:
-            result[f"{recipe}_speedup_bf16_nodrop"] = statistics.median(
-                f / b for f, b in zip(times["fp32_nodrop"], times["bf16_nodrop"]))
+        for variant in ("nodrop", "bits16"):
+            if f"fp32_{variant}" in times:
+                result[f"{recipe}_speedup_bf16_{variant}"] = statistics.median(
+                    f / b for f, b in zip(times[f"fp32_{variant}"], times[f"bf16_{variant}"]))
+        for tag in ("fp32", "bf16"):
+            if f"{tag}_bits16" in times:  # peft's masks -> packed masks, same precision
+                result[f"{recipe}_bits16_speedup_{tag}"] = statistics.median(
+                    d / b for d, b in zip(times[tag], times[f"{tag}_bits16"]))
+        if loss_kind == "lm":  # where the time goes: one profiled step per precision, packed masks
+            profiled: dict[str, list[dict[str, float]]] = {"fp32": [], "bf16": []}
+            for _ in range(a.profile_steps):  # interleaved, as the timed rounds
+                for tag in profiled:
+                    profiled[tag].append(profile_step(steps[f"{tag}_bits16"]))
+            for tag, runs in profiled.items():
+                for part in PARTS:
+                    result[f"{recipe}_profile_{tag}_{part}_s"] = statistics.median(run[part] for run in runs)
+            g32, a32 = result[f"{recipe}_profile_fp32_gemm_s"], result[f"{recipe}_profile_fp32_attention_s"]
+            g16, a16 = result[f"{recipe}_profile_bf16_gemm_s"], result[f"{recipe}_profile_bf16_attention_s"]
+            result[f"{recipe}_gemm_speedup_bf16"] = g32 / g16
+            result[f"{recipe}_attention_speedup_bf16"] = a32 / a16
+            result[f"{recipe}_bound_speedup_bf16"] = (g32 + a32) / (g16 + a16)
         result[f"{recipe}_tokens_per_step"] = tokens
         result[f"{recipe}_flops_per_step"] = 4.0 * ((params - lm_head) * tokens + lm_head * answer_tokens)
         print(f"[precision] {recipe}: loss fp32 {l32:.5f} bf16 {l16:.5f} (rel diff {result[f'{recipe}_loss_rel_diff']:.2e}); "
@@ -184,6 +248,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{result[f'{recipe}_step_s_bf16_full']:.2f} s: answer-only logits "
                   f"{result[f'{recipe}_answer_logits_speedup_fp32']:.2f}x (fp32), "
                   f"{result[f'{recipe}_answer_logits_speedup_bf16']:.2f}x (bf16)", flush=True)
+            print(f"[precision] {recipe}: packed dropout masks fp32 {result[f'{recipe}_step_s_fp32_bits16']:.2f} s, bf16 "
+                  f"{result[f'{recipe}_step_s_bf16_bits16']:.2f} s (bf16 {result[f'{recipe}_speedup_bf16_bits16']:.2f}x): "
+                  f"{result[f'{recipe}_bits16_speedup_fp32']:.2f}x (fp32) / {result[f'{recipe}_bits16_speedup_bf16']:.2f}x "
+                  "(bf16) faster than with peft's masks", flush=True)
+            for tag in ("fp32", "bf16"):
+                print(f"[precision] {recipe} {tag} profiled step (packed masks): " + ", ".join(
+                    f"{part} {result[f'{recipe}_profile_{tag}_{part}_s']:.2f} s" for part in PARTS), flush=True)
+            print(f"[precision] {recipe}: bf16 / fp32 on the GEMMs {result[f'{recipe}_gemm_speedup_bf16']:.2f}x, on attention "
+                  f"{result[f'{recipe}_attention_speedup_bf16']:.2f}x; if all else cost nothing the step could reach "
+                  f"{result[f'{recipe}_bound_speedup_bf16']:.2f}x", flush=True)
             print(f"[precision] {recipe}: without LoRA dropout fp32 {result[f'{recipe}_step_s_fp32_nodrop']:.2f} s, bf16 "
                   f"{result[f'{recipe}_step_s_bf16_nodrop']:.2f} s (bf16 {result[f'{recipe}_speedup_bf16_nodrop']:.2f}x): "
                   f"dropout's masks take {result[f'{recipe}_dropout_share_fp32']:.0%} of the fp32 step, "

@@ -27,6 +27,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from collab_llm.backbone import lora_config
+from collab_llm.dropout import DROPOUT_MASKS
 from collab_llm.ilora import ExpertGate, GateNetwork, ILoRAConfig, ILoRAModel, gate_stats
 
 
@@ -40,12 +41,20 @@ class LoRA:
         dropout: LoRA dropout.
         target_modules: module names; ``None``: the architecture's defaults
             (:func:`collab_llm.backbone.default_lora_targets`).
+        dropout_masks: how the dropout masks are drawn: ``"bernoulli"`` (peft's ``nn.Dropout``, the
+            papers' runs) or ``"bits16"`` (:class:`collab_llm.dropout.PackedDropout`: the same dropout with a
+            quarter of the random draws, ``p`` rounded to a multiple of 1/65536; a different random stream).
     """
 
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: list[str] | None = None
+    dropout_masks: str = "bernoulli"
+
+    def __post_init__(self) -> None:
+        if self.dropout_masks not in DROPOUT_MASKS:
+            raise ValueError(f"adapter dropout_masks {self.dropout_masks!r} is not one of {list(DROPOUT_MASKS)}")
 
     @property
     def kind(self) -> str:
@@ -82,6 +91,7 @@ class ILoRA(LoRA):
     gate_hidden_dim: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         ILoRAConfig(num_experts=self.num_experts, lora_rank=self.r, gate_hidden_dim=self.gate_hidden_dim)  # validates
 
     @property

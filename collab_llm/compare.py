@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from collab_llm.dropout import DROPOUT_MASKS
 from collab_llm.io import atomic_file, write_json
 from collab_llm.metrics import Estimate
 from collab_llm.presets import (
@@ -175,6 +176,7 @@ class Comparison:
     data: Path | None = None  # a prepared split (any dataset) instead of the protocol's MovieLens preset
     cf_model: Path | None = None  # a CF export made from that split (default: trained into the work folder)
     item_word: str | None = None  # the prompts' item wording (collab_llm.prompts.WORDINGS; None: the templates')
+    dropout_masks: str | None = None  # every LLM method's LoRA dropout masks (collab_llm.dropout; None: the configs')
 
     def __post_init__(self) -> None:
         from collab_llm.errors import UserError  # wrong --protocol / --methods: one line, exit 2
@@ -208,6 +210,8 @@ class Comparison:
             self._check_foldable(spec)
         if self.item_word is not None and self.item_word not in WORDINGS:
             raise UserError(f"--item-word {self.item_word!r}: expected one of {sorted(WORDINGS)}")
+        if self.dropout_masks is not None and self.dropout_masks not in DROPOUT_MASKS:
+            raise UserError(f"--dropout-masks {self.dropout_masks!r}: expected one of {list(DROPOUT_MASKS)}")
         self.profile = self.profile.for_protocol(self.protocol)
         self._test_rows: pd.DataFrame | None = None
         self.work_dir = Path(self.work_dir)
@@ -362,6 +366,7 @@ class Comparison:
                 eval_generation=(not head and p.generate) if self.protocol == "nextitem" else (False if head else None),
                 max_new_tokens=p.max_new_tokens if self.protocol == "nextitem" else None,
                 head_init_rows=p.llm_steps * p.batch_size if head else None,
+                adapter=None if self.dropout_masks is None else {"init_args": {"dropout_masks": self.dropout_masks}},
             ),
             data=self.data_settings(),
             trainer=TrainerSettings(max_steps=p.llm_steps, save_dir=self.run_dir(method)),
@@ -510,6 +515,8 @@ class Comparison:
         }
         if self.item_word is not None and method != self.spec.cf_method:
             out["item_word"] = self.item_word  # absent when the templates' own words are used (as before)
+        if self.dropout_masks is not None and method != self.spec.cf_method:
+            out["dropout_masks"] = self.dropout_masks  # absent: the method configs' (peft's Bernoulli masks)
         if not early:
             out["split_sha256"] = self.split_sha256()
             out["cf_model_sha256"] = cf_sha256(self.cf_dir) if self.uses_cf_model(method) else None
@@ -537,8 +544,9 @@ class Comparison:
                            "seed": records[0].get("seed") if records and isinstance(records[0], dict) else None}
         current = self.run_fingerprint(method, early=early)
         labels = {"seed": "seed", "profile": "budget", "backbone": "backbone", "method_config_sha256": "method config",
-                  "split_sha256": "data split", "cf_model_sha256": "CF model", "item_word": "item wording"}
-        optional = ("item_word",)  # absent = the templates' own words
+                  "split_sha256": "data split", "cf_model_sha256": "CF model", "item_word": "item wording",
+                  "dropout_masks": "dropout masks"}
+        optional = ("item_word", "dropout_masks")  # absent = the templates' own words, the configs' masks
         for key, label in labels.items():
             if key in optional:
                 fingerprint, current = {key: None, **fingerprint}, {key: None, **current}
@@ -659,6 +667,8 @@ class Comparison:
             if curve:
                 curves[m] = [tuple(x) for x in curve]
         words = f", item wording `{self.item_word}`" if self.item_word is not None else ""
+        if self.dropout_masks is not None:
+            words += f", LoRA dropout masks `{self.dropout_masks}`"
         pre = (f"Protocol `{self.protocol}` ({self.spec.split_name}), profile `{self.profile.name}` "
                f"({self.profile}), seed {self.seed}{words}. {INTERVALS}")
         path = write_report(records, self.report_dir, curves, title=f"collab-llm: {self.protocol}", preamble=pre)

@@ -16,6 +16,7 @@ import torch
 
 from collab_llm import compare
 from collab_llm.compare import INTERVALS, Comparison, report_records
+from collab_llm.dropout import DROPOUT_MASKS
 from collab_llm.io import write_json
 from collab_llm.presets import PROTOCOLS, split_task
 from collab_llm.prompts import WORDINGS
@@ -63,6 +64,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--item-word", choices=sorted(WORDINGS), default=None,
                    help="how the prompts name items (movie: the templates' MovieLens wording; book, product, item); "
                         "default: movie on the presets, item with --data")
+    p.add_argument("--dropout-masks", choices=DROPOUT_MASKS, default=None,
+                   help="how every LLM method draws its LoRA dropout masks: bernoulli (peft's, the methods' configs) "
+                        "or bits16 (the same dropout from a quarter of the random draws: faster, another random stream)")
     p.add_argument("--report-dir", default=None, help="default: reports/<protocol or --data folder name>-<profile>")
     p.add_argument("--backbone", default=None, help="HF model folder (default: SmolLM2-135M from the cache)")
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +101,8 @@ def _comparison(ns: argparse.Namespace, protocol: str | None = None, report_dir:
     report = report_dir or Path(ns.report_dir or f"reports/{name}-{profile.name}")
     item_word = ns.item_word or ("item" if ns.data is not None else None)
     return Comparison(protocol, methods, profile, Path(ns.work_dir), Path(report), ns.backbone, ns.seed,
-                      item_word=item_word, data=None if ns.data is None else Path(ns.data),
+                      item_word=item_word, dropout_masks=ns.dropout_masks,
+                      data=None if ns.data is None else Path(ns.data),
                       cf_model=None if ns.cf_model is None else Path(ns.cf_model))
 
 

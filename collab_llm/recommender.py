@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from collab_llm import scoring
 from collab_llm.adapters import ILoRA, ILoRARouting, LoRA, adapter_from_dict
 from collab_llm.backbone import DType, load_backbone, mean_embedding_norm
+from collab_llm.dropout import use_packed_dropout
 from collab_llm.errors import UserError
 from collab_llm.heads import ItemScoringHead
 from collab_llm.injection import SoftTokenInjector
@@ -131,6 +132,8 @@ class Recommender(nn.Module):
         if (routing is not None) != isinstance(adapter, ILoRA):
             raise ValueError(f"adapter {type(adapter).__name__} and routing {type(routing).__name__} disagree")
         self.llm = llm
+        if adapter.dropout_masks == "bits16":
+            use_packed_dropout(llm)
         self.tokenizer = tokenizer
         self.placeholder_ids = dict(placeholder_ids)
         self.injector = injector

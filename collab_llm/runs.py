@@ -21,6 +21,7 @@ LightningCLI parses it (:func:`composed_model`), not from the YAML text.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
@@ -100,6 +101,8 @@ def _key(section: str, f: Any) -> str:
 def _render(value: Any) -> str:
     if isinstance(value, bool):  # before int: bool is an int
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
     return str(value)
 
 
@@ -120,6 +123,9 @@ class ModelSettings:
     eval_generation: bool | None = None
     max_new_tokens: int | None = None
     head_init_rows: int | None = None
+    # merged into the fragments' adapter: ``--model.adapter '{"init_args": {...}}'`` keeps their class_path
+    # (``--model.adapter.init_args.X`` would reset an ILoRA to the declared LoRA)
+    adapter: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -72,13 +72,19 @@ def test_precision_bench_times_both_precisions_on_a_tiny_model(tmp_path):
     train.to_parquet(split / "train.parquet")
     result = bench.main(["--split", str(split), "--cf-model", str(make_cf_dirs(tmp_path)["sasrec"]),
                          "--backbone", str(make_backbone_dir(tmp_path, "llama")), "--batch-size", "2", "--rounds", "1",
-                         "--warmup", "0", "--threads", "1", "--out", str(tmp_path / "p.json")])
+                         "--warmup", "0", "--threads", "1", "--profile-steps", "1", "--out", str(tmp_path / "p.json")])
     for recipe in ("llara", "head"):
         assert result[f"{recipe}_step_s_fp32"] > 0 and result[f"{recipe}_step_s_bf16"] > 0
         assert result[f"{recipe}_loss_rel_diff"] < 0.05  # the same model in bf16: equal loss within rounding
     for tag in ("fp32", "bf16"):  # the LM step also with HF's full logits and without LoRA dropout
         assert result[f"llara_step_s_{tag}_full"] > 0 and result[f"llara_answer_logits_speedup_{tag}"] > 0
         assert result[f"llara_step_s_{tag}_nodrop"] > 0 and result[f"llara_dropout_share_{tag}"] < 1
+        assert result[f"llara_step_s_{tag}_bits16"] > 0 and result[f"llara_bits16_speedup_{tag}"] > 0
+        parts = [result[f"llara_profile_{tag}_{part}_s"] for part in bench.PARTS]  # one profiled step split in parts
+        assert all(x >= 0 for x in parts) and parts[0] > 0 and parts[1] > 0  # GEMMs and attention were found
+    assert result["llara_bound_speedup_bf16"] > 0 and result["llara_gemm_speedup_bf16"] > 0
+    assert [bench._part_of(n) for n in ("aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                                        "aten::random_", "aten::mul")] == list(bench.PARTS)
     assert "head_step_s_fp32_full" not in result  # the head step has no LM head
     assert result["auto_dtype"] in ("float32", "bfloat16") and (tmp_path / "p.json").is_file()
 

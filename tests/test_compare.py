@@ -169,3 +169,33 @@ def test_run_info_adds_a_resuming_invocation_and_restarts_on_a_fresh_one(tmp_pat
     assert resumed["resumed"] == ["nextitem/sasrec"]
     fresh = json.loads(write_run_info(tmp_path, "collab-llm compare c", 7.0, [comp([])]).read_text())
     assert fresh["wall_s"] == 7.0 and len(fresh["invocations"]) == 1
+
+
+def test_dropout_masks_reach_every_llm_run_and_its_fingerprint(tmp_path):
+    """``--dropout-masks bits16``: every LLM method's LightningCLI run builds its adapter with packed masks (the
+    flag reaches the model through the run's arguments), the run fingerprint records it (a finished run with
+    peft's masks is not reused for it), and an unknown value is refused in one line."""
+    from collab_llm.dropout import PackedDropout
+    from collab_llm.errors import UserError
+    from collab_llm.llm_cli import build_cli
+
+    work, backbone = _work(tmp_path)
+    profile = replace(PROFILES["smoke"], test_rows=4)
+    comp = compare.Comparison("nextitem", ["sasrec", "tallrec", "ilora"], profile, work, tmp_path / "r",
+                              backbone=str(backbone), dropout_masks="bits16")
+    plain = compare.Comparison("nextitem", ["sasrec", "tallrec", "ilora"], profile, work, tmp_path / "r",
+                               backbone=str(backbone))
+    for method in ("tallrec", "ilora"):
+        args = comp.llm_run(method).args()
+        assert json.loads(args[args.index("--model.adapter") + 1]) == {"init_args": {"dropout_masks": "bits16"}}
+        assert "--model.adapter" not in plain.llm_run(method).args()
+        assert comp.run_fingerprint(method, early=True)["dropout_masks"] == "bits16"
+        assert "dropout_masks" not in plain.run_fingerprint(method, early=True)
+    cli = build_cli(comp.llm_run("ilora").args(), run=False)
+    rec = cli.model.recommender  # the method config's class and fields kept, the masks' field merged in
+    assert rec.adapter.dropout_masks == "bits16" and type(rec.adapter).__name__ == "ILoRA"
+    assert (rec.adapter.num_experts, rec.adapter.r, rec.adapter.dropout) == (4, 8, 0.1)
+    assert any(isinstance(m, PackedDropout) for m in rec.llm.modules())
+    assert "dropout_masks" not in comp.run_fingerprint("sasrec", early=True)  # the CF model has no LoRA
+    with pytest.raises(UserError, match="--dropout-masks 'fast'"):
+        compare.Comparison("nextitem", ["tallrec"], profile, work, tmp_path / "r", dropout_masks="fast")
