@@ -29,6 +29,10 @@ Usage::
     OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
         --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 384 --lam 100 \
         --positions 1 3 5 --layers 0 2 4 8 30 --out results/levers/probe_ml100k_positions.json
+    # the same on 8 times the alignment rows (levers 37-38):
+    OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
+        --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 3072 --rows 200 --lam 100 \
+        --positions 1 3 5 --layers 0 2 4 8 30 --out results/levers/probe_ml100k_positions_3072.json
 
 The last line is one JSON object.
 """
