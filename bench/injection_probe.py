@@ -33,6 +33,14 @@ Usage::
     OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
         --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 3072 --rows 200 --lam 100 \
         --positions 1 3 5 --layers 0 2 4 8 30 --out results/levers/probe_ml100k_positions_3072.json
+    # ridge strengths swept, each layer also read next to its input (lever 39), then the chosen setting on
+    # test rows, once (lever 40):
+    OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
+        --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 3072 --rows 200 \
+        --lam 100 1000 10000 --positions 1 3 5 --layers 0 4 --with-input --out results/levers/probe_ml100k_with_input_3072.json
+    OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
+        --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 3072 --rows 200 --table test \
+        --lam 10000 --positions 5 --layers 0 4 --out results/levers/probe_ml100k_positions5_test.json
 
 The last line is one JSON object.
 """
@@ -60,9 +68,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--projector", default="scaled_llara_mlp")
     p.add_argument("--train-rows", type=int, default=600)
     p.add_argument("--rows", type=int, default=200, help="validation rows")
+    p.add_argument("--table", choices=("valid", "test"), default="valid",
+                   help="the table the rows are scored on: settings are chosen on valid; test confirms a chosen one once")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--lam", type=float, default=10.0)
+    p.add_argument("--lam", type=float, nargs="+", default=[10.0],
+                   help="ridge strength(s); with several, every read is made at each (names get ~<lam>)")
     p.add_argument("--target", choices=("sequence", "next_item"), default="sequence",
                    help="regress onto SASRec's sequence representation, or onto the true next item's CF embedding (the labels only)")
     p.add_argument("--threads", type=int, default=2)
@@ -72,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="read the states at the soft tokens of the m most recent history items, concatenated")
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="hidden-state indices to probe (0: the input, k: decoder block k's output; default: all)")
+    p.add_argument("--with-input", action="store_true",
+                   help="also read each layer's states concatenated with the input soft tokens they came from: if that "
+                        "reads more than the input alone (paired), the layer's states hold signal the input lacks")
     p.add_argument("--paired-layer", type=int, default=4,
                    help="paired HR@1 interval of this layer minus the input, per m")
     a = p.parse_args(argv)
@@ -150,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         return [np.concatenate(x) for x in layers], np.concatenate(query), np.concatenate(cand), np.concatenate(seq)
 
     train = sample_rows(pd.read_parquet(split / "train.parquet"), a.train_rows, a.seed)
-    valid = sample_rows(pd.read_parquet(split / "valid.parquet"), a.rows, a.seed)
+    valid = sample_rows(pd.read_parquet(split / f"{a.table}.parquet"), a.rows, a.seed)  # the rows scored
     h_tr, q_tr, _, _ = features(train)
     h_va, q_va, c_va, s_va = features(valid)
     target = np.array([list(c).index(t) for c, t in zip(valid["candidates"], valid["target"])])
@@ -161,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         return float((ranks == 0).mean()), float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0).mean())
 
     result: dict = {"target": a.target, "dtype": dtype, "template": a.template, "train_rows": len(train), "rows": len(valid),
+                    "table": a.table,
                     "threads": a.threads}
     hr, nd = rank_metrics(np.einsum("bd,bcd->bc", s_va, c_va))
     result["sasrec_hr1"], result["sasrec_ndcg10"] = round(hr, 4), round(nd, 4)
@@ -169,29 +184,51 @@ def main(argv: list[str] | None = None) -> dict:
 
     per_layer, paired = [], []
     chosen = a.layers if a.layers is not None else list(range(len(h_tr)))
+
+    def read(xtr: np.ndarray, xva: np.ndarray, lam: float) -> tuple[float, float, float, np.ndarray]:
+        """The recipe's own fit (standardise, then ridge) of ``xtr`` onto the targets; on the validation rows:
+        R^2, HR@1, NDCG@10 and the per-row hits."""
+        head = ItemScoringHead(xtr.shape[1], q_tr.shape[1])
+        head.fit_least_squares(torch.from_numpy(xtr), torch.from_numpy(q_tr), lam)
+        with torch.no_grad():
+            pred = head.query(head.standardize(torch.from_numpy(xva))).double().numpy()
+        r2 = 1 - ((pred - q_va) ** 2).sum() / ((q_va - q_tr.mean(0)) ** 2).sum()
+        scores = np.einsum("bd,bcd->bc", pred, c_va)
+        hr, nd = rank_metrics(scores)
+        return float(r2), hr, nd, (scores.argmax(1) == target).astype(float)
+
+    def record(name: str, m: int, r2: float, hr: float, nd: float) -> None:
+        # one read per layer, or (several --positions) per layer and m: "layer4@3" (and ridge: "layer4@3~1000")
+        base, _, lam = name.partition("~")
+        per_layer.append({"layer": name if len(a.positions) == 1 else f"{base}@{m}" + (f"~{lam}" if lam else ""),
+                          "r2": round(r2, 4),
+                          "hr1": round(hr, 4), "ndcg10": round(nd, 4)})
+        print(f"m={m} {name:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
+
+    def pair(name: str, m: int, hits: np.ndarray, base: np.ndarray, tag: str = "") -> None:
+        d = paired_difference(hits, base, seed=a.seed)
+        paired.append({"layer": f"{name}@{m}{tag}", "hr1_diff_vs_input": round(d.value, 4),
+                       "ci_low": round(d.ci_low, 4), "ci_high": round(d.ci_high, 4)})
+        print(f"m={m}{tag}: {name} minus input, HR@1 {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] "
+              "(paired bootstrap, same rows)", flush=True)
+
     for m in a.positions:
-        hits: dict[int, np.ndarray] = {}
-        for i in chosen:
-            xtr, xva = (h[i][:, widest - m:].reshape(len(h[i]), -1) for h in (h_tr, h_va))
-            head = ItemScoringHead(xtr.shape[1], q_tr.shape[1])  # the recipe's own fit: standardise, then ridge
-            head.fit_least_squares(torch.from_numpy(xtr), torch.from_numpy(q_tr), a.lam)
-            with torch.no_grad():
-                pred = head.query(head.standardize(torch.from_numpy(xva))).double().numpy()
-            r2 = 1 - ((pred - q_va) ** 2).sum() / ((q_va - q_tr.mean(0)) ** 2).sum()
-            scores = np.einsum("bd,bcd->bc", pred, c_va)
-            hr, nd = rank_metrics(scores)
-            hits[i] = (scores.argmax(1) == target).astype(float)
-            name = "input" if i == 0 else ("final" if i == len(h_tr) - 1 else f"layer{i}")
-            # one read per layer, or (several --positions) per layer and m: "layer4@3"
-            per_layer.append({"layer": name if len(a.positions) == 1 else f"{name}@{m}", "r2": round(float(r2), 4),
-                              "hr1": round(hr, 4), "ndcg10": round(nd, 4)})
-            print(f"m={m} {name:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
-        if 0 in hits and a.paired_layer in hits and a.paired_layer != 0:
-            d = paired_difference(hits[a.paired_layer], hits[0], seed=a.seed)
-            paired.append({"layer": f"layer{a.paired_layer}@{m}", "hr1_diff_vs_input": round(d.value, 4),
-                           "ci_low": round(d.ci_low, 4), "ci_high": round(d.ci_high, 4)})
-            print(f"m={m}: layer {a.paired_layer} minus input, HR@1 {d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}] "
-                  "(paired bootstrap, same rows)", flush=True)
+        xs = {i: tuple(h[i][:, widest - m:].reshape(len(h[i]), -1) for h in (h_tr, h_va)) for i in set(chosen) | {0}}
+        for lam in a.lam:
+            tag = "" if len(a.lam) == 1 else f"~{lam:g}"  # several ridge strengths: "layer4@3~1000"
+            hits: dict[int, np.ndarray] = {}
+            both: dict[int, np.ndarray] = {}
+            for i in chosen:
+                r2, hr, nd, hits[i] = read(*xs[i], lam)
+                name = "input" if i == 0 else ("final" if i == len(h_tr) - 1 else f"layer{i}")
+                record(name + tag, m, r2, hr, nd)
+                if a.with_input and i != 0:  # the layer's states next to the input they came from
+                    r2, hr, nd, both[i] = read(*(np.concatenate([x0, x], axis=1) for x0, x in zip(xs[0], xs[i])), lam)
+                    record(f"{name}+input{tag}", m, r2, hr, nd)
+            if 0 in hits and a.paired_layer in hits and a.paired_layer != 0:
+                pair(f"layer{a.paired_layer}", m, hits[a.paired_layer], hits[0], tag)
+                if a.paired_layer in both:
+                    pair(f"layer{a.paired_layer}+input", m, both[a.paired_layer], hits[0], tag)
     result["layers"] = per_layer
     if paired:
         result["paired"] = paired

@@ -162,3 +162,12 @@ def test_probe_reads_the_most_recent_soft_tokens_per_layer(tmp_path):
     assert [r["layer"] for r in one["layers"]] == ["input", "layer1"]
     # the m = 1 read is the last position's: the same figures either way
     assert [r["hr1"] for r in one["layers"]] == [r["hr1"] for r in many["layers"][:2]]
+    both = bench.main([*common, "--positions", "2", "--paired-layer", "1", "--with-input"])
+    assert [r["layer"] for r in both["layers"]] == ["input", "layer1", "layer1+input"]
+    assert [r["layer"] for r in both["paired"]] == ["layer1@2", "layer1+input@2"]
+    # the plain reads unchanged by the extra one
+    assert [r["hr1"] for r in both["layers"][:2]] == [r["hr1"] for r in many["layers"][2:]]
+    lams = bench.main([*common, "--positions", "2", "--paired-layer", "1", "--lam", "10", "100"])
+    assert [r["layer"] for r in lams["layers"]] == ["input~10", "layer1~10", "input~100", "layer1~100"]
+    assert [r["layer"] for r in lams["paired"]] == ["layer1@2~10", "layer1@2~100"]
+    assert [r["hr1"] for r in lams["layers"][:2]] == [r["hr1"] for r in many["layers"][2:]]  # --lam 10 is the default
