@@ -41,6 +41,10 @@ Usage::
     OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
         --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 3072 --rows 200 --table test \
         --lam 10000 --positions 5 --layers 0 4 --out results/levers/probe_ml100k_positions5_test.json
+    # the ridge sweep at the head recipes' 384 prompts (lever 41):
+    OMP_NUM_THREADS=2 python bench/injection_probe.py --split work/injection_bench/ml100k_loo \
+        --cf-model work/injection_bench/cf/sasrec_ml100k_loo --target next_item --train-rows 384 --rows 200 \
+        --lam 100 1000 10000 --positions 1 3 5 --layers 0 4 --out results/levers/probe_ml100k_lams_384.json
 
 The last line is one JSON object.
 """
