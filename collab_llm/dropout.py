@@ -44,16 +44,17 @@ class _MaskedScale(torch.autograd.Function):
         return grad.mul(keep).mul_(ctx.scale), None, None
 
 
-def packed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> tuple[Tensor, float]:
-    """A boolean keep-mask of ``shape`` (each element kept with probability ``1 - round(p * 65536) / 65536``)
-    and the matching scale ``1 / keep probability``, from ``ceil(n / 4)`` 64-bit draws of ``generator``
-    (default: torch's global CPU generator)."""
+def packed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> tuple[Tensor, float]:
+    """A boolean keep-mask of ``shape`` on ``device`` (default CPU; each element kept with probability
+    ``1 - round(p * 65536) / 65536``) and the matching scale ``1 / keep probability``, from ``ceil(n / 4)``
+    64-bit draws of ``generator`` (default: torch's default generator of that device)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     n = 1
     for d in shape:
         n *= int(d)
-    words = torch.empty((n + _LANES - 1) // _LANES, dtype=torch.int64)
+    words = torch.empty((n + _LANES - 1) // _LANES, dtype=torch.int64, device=device)
     words.random_(_INT64_MIN, None, generator=generator)  # full 64-bit range: raw generator words
     lanes = words.view(torch.int16)[:n]  # uniform on [-32768, 32767]
     dropped = round(p * 65536)
@@ -73,7 +74,7 @@ class PackedDropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep, scale = packed_keep_mask(x.shape, self.p)
+        keep, scale = packed_keep_mask(x.shape, self.p, device=x.device)
         return _MaskedScale.apply(x, keep, scale)
 
     def extra_repr(self) -> str:

@@ -47,6 +47,10 @@ def test_masks_follow_torchs_seed():
     c, _ = packed_keep_mask((4, 7, 33), 0.2)
     assert torch.equal(a, c) and not torch.equal(a, b)
     assert a.shape == (4, 7, 33) and a.dtype == torch.bool
+    assert packed_keep_mask((0,), 0.2)[0].shape == (0,)  # an empty input draws nothing
+    if torch.cuda.is_available():  # the mask is made where the input lives (GPU runs)
+        x = torch.randn(2, 8, device="cuda")
+        assert PackedDropout(0.5)(x).device == x.device
 
 
 def test_packed_dropout_is_dropout_forward_and_backward():
