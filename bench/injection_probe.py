@@ -201,13 +201,11 @@ def main(argv: list[str] | None = None) -> dict:
         hr, nd = rank_metrics(scores)
         return float(r2), hr, nd, (scores.argmax(1) == target).astype(float)
 
-    def record(name: str, m: int, r2: float, hr: float, nd: float) -> None:
-        # one read per layer, or (several --positions) per layer and m: "layer4@3" (and ridge: "layer4@3~1000")
-        base, _, lam = name.partition("~")
-        per_layer.append({"layer": name if len(a.positions) == 1 else f"{base}@{m}" + (f"~{lam}" if lam else ""),
-                          "r2": round(r2, 4),
+    def record(name: str, m: int, tag: str, r2: float, hr: float, nd: float) -> None:
+        # one read per layer, or (several --positions) per layer and m: "layer4@3"; several ridges: "layer4@3~1000"
+        per_layer.append({"layer": (name if len(a.positions) == 1 else f"{name}@{m}") + tag, "r2": round(r2, 4),
                           "hr1": round(hr, 4), "ndcg10": round(nd, 4)})
-        print(f"m={m} {name:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
+        print(f"m={m} {name + tag:>8}: R^2 {r2:+.3f}  HR@1 {hr:.3f}  NDCG@10 {nd:.3f}", flush=True)
 
     def pair(name: str, m: int, hits: np.ndarray, base: np.ndarray, tag: str = "") -> None:
         d = paired_difference(hits, base, seed=a.seed)
@@ -225,10 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
             for i in chosen:
                 r2, hr, nd, hits[i] = read(*xs[i], lam)
                 name = "input" if i == 0 else ("final" if i == len(h_tr) - 1 else f"layer{i}")
-                record(name + tag, m, r2, hr, nd)
+                record(name, m, tag, r2, hr, nd)
                 if a.with_input and i != 0:  # the layer's states next to the input they came from
                     r2, hr, nd, both[i] = read(*(np.concatenate([x0, x], axis=1) for x0, x in zip(xs[0], xs[i])), lam)
-                    record(f"{name}+input{tag}", m, r2, hr, nd)
+                    record(f"{name}+input", m, tag, r2, hr, nd)
             if 0 in hits and a.paired_layer in hits and a.paired_layer != 0:
                 pair(f"layer{a.paired_layer}", m, hits[a.paired_layer], hits[0], tag)
                 if a.paired_layer in both:

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from collab_llm.assets import ensure_assets
     from collab_llm.backbone import cpu_flags, native_bf16, resolve_dtype
     from collab_llm.collate import PromptCollator, TableDataset, titles_from_items
-    from collab_llm.dropout import PackedDropout
+    from collab_llm.dropout import PackedDropout, lora_dropouts
     from collab_llm.adapters import LoRA
     from collab_llm.module import CollabLLM
 
@@ -162,16 +162,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def step(tag: str) -> Callable[[], None]:
             base, _, variant = tag.partition("_")
-            dropouts = [m for n, m in models[base].named_modules() if isinstance(m, torch.nn.Dropout) and "lora_dropout" in n]
-            # peft's per-module ModuleDicts of dropouts, and a PackedDropout of the same p for each entry
-            dicts = [(d, k, d[k], PackedDropout(d[k].p)) for m in models[base].modules()
-                     if isinstance(d := getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
-                     for k in d.keys() if isinstance(d[k], torch.nn.Dropout)]
+            # peft's LoRA dropouts, each with a PackedDropout of the same p to swap in (dropout_masks="bits16")
+            dicts = [(d, k, drop, PackedDropout(drop.p)) for d, k, drop in lora_dropouts(models[base])]
 
             def run() -> None:
                 if variant == "nodrop":  # LoRA dropout off for this step: no random masks drawn
-                    for m in dropouts:
-                        m.p = 0.0
+                    for _, _, drop, _ in dicts:
+                        drop.p = 0.0
                 if variant == "bits16":  # the same dropout with packed masks (dropout_masks="bits16")
                     for d, k, _, packed in dicts:
                         d[k] = packed
@@ -179,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     loss = loss_of(models[base], full_logits=variant == "full")
                     loss.backward()
                 finally:
-                    for m in dropouts:
-                        m.p = a.lora_dropout
+                    for _, _, drop, _ in dicts:
+                        drop.p = a.lora_dropout
                     for d, k, peft_drop, _ in dicts:
                         d[k] = peft_drop
                 optims[base].step()
@@ -224,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if f"{tag}_bits16" in times:  # peft's masks -> packed masks, same precision
                 result[f"{recipe}_bits16_speedup_{tag}"] = statistics.median(
                     d / b for d, b in zip(times[tag], times[f"{tag}_bits16"]))
-        if loss_kind == "lm":  # where the time goes: one profiled step per precision, packed masks
+        if loss_kind == "lm":  # where the time goes: --profile-steps profiled steps per precision, packed masks
             profiled: dict[str, list[dict[str, float]]] = {"fp32": [], "bf16": []}
             for _ in range(a.profile_steps):  # interleaved, as the timed rounds
                 for tag in profiled:

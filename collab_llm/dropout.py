@@ -16,7 +16,8 @@ repeat a run with peft's masks bit for bit: it is an option, off by default (``d
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -51,9 +52,7 @@ def packed_keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: t
     64-bit draws of ``generator`` (default: torch's default generator of that device)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(int(d) for d in shape)
     words = torch.empty((n + _LANES - 1) // _LANES, dtype=torch.int64, device=device)
     words.random_(_INT64_MIN, None, generator=generator)  # full 64-bit range: raw generator words
     lanes = words.view(torch.int16)[:n]  # uniform on [-32768, 32767]
@@ -81,17 +80,21 @@ class PackedDropout(nn.Module):
         return f"p={self.p}"
 
 
-def use_packed_dropout(llm: nn.Module) -> int:
-    """Replace every peft LoRA dropout (``lora_dropout[adapter]``, an ``nn.Dropout``) in ``llm`` by a
-    :class:`PackedDropout` of the same ``p``; returns how many were replaced (``nn.Identity``, peft's
-    ``p = 0``, is left)."""
-    replaced = 0
-    for module in llm.modules():
+def lora_dropouts(llm: nn.Module) -> Iterator[tuple[nn.ModuleDict, str, nn.Dropout]]:
+    """Every peft LoRA dropout of ``llm`` that draws masks: ``(the layer's lora_dropout ModuleDict, adapter
+    name, its nn.Dropout)`` (``nn.Identity``, peft's ``p = 0``, is skipped)."""
+    for module in list(llm.modules()):
         drops = getattr(module, "lora_dropout", None)
-        if not isinstance(drops, nn.ModuleDict):
-            continue
-        for name, drop in list(drops.items()):
-            if isinstance(drop, nn.Dropout):
-                drops[name] = PackedDropout(drop.p).train(drop.training)
-                replaced += 1
-    return replaced
+        if isinstance(drops, nn.ModuleDict):
+            for name, drop in list(drops.items()):
+                if isinstance(drop, nn.Dropout):
+                    yield drops, name, drop
+
+
+def use_packed_dropout(llm: nn.Module) -> int:
+    """Replace every peft LoRA dropout (:func:`lora_dropouts`) in ``llm`` by a :class:`PackedDropout` of the
+    same ``p``; returns how many were replaced."""
+    found = list(lora_dropouts(llm))
+    for drops, name, drop in found:
+        drops[name] = PackedDropout(drop.p).train(drop.training)
+    return len(found)

@@ -226,14 +226,13 @@ def render_precision(r: dict[str, Any], root: Path = ROOT) -> str:
                       f"**{r['llara_bits16_speedup_fp32']:.2f}x** (fp32) and **{r['llara_bits16_speedup_bf16']:.2f}x** (bf16) "
                       "faster than with peft's masks."]
     if "llara_bound_speedup_bf16" in r:
-        parts = ("gemm", "attention", "masks", "other")
         names = {"gemm": "GEMMs", "attention": "attention (SDPA)", "masks": "mask drawing", "other": "everything else"}
         lines += ["", f"Where the time goes ({r.get('profile_steps', 1)} more packed-mask llara steps of each precision, "
                       "interleaved, under `torch.profiler`; self CPU seconds, the median per part):", "", "| part | fp32 s | bf16 s | bf16 speed-up |", "|---|---|---|---|"]
-        for part in parts:
+        for part, name in names.items():  # bench/precision_step.py's PARTS
             f32, b16 = r[f"llara_profile_fp32_{part}_s"], r[f"llara_profile_bf16_{part}_s"]
-            lines.append(f"| {names[part]} | {f32:.2f} | {b16:.2f} | {f32 / b16:.2f}x |" if b16 > 0 else
-                         f"| {names[part]} | {f32:.2f} | {b16:.2f} |  |")
+            lines.append(f"| {name} | {f32:.2f} | {b16:.2f} | {f32 / b16:.2f}x |" if b16 > 0 else
+                         f"| {name} | {f32:.2f} | {b16:.2f} |  |")
         lines += ["", "If everything but the GEMMs and attention cost nothing, this step's bf16 / fp32 ratio would be "
                       f"({r['llara_profile_fp32_gemm_s']:.2f} + {r['llara_profile_fp32_attention_s']:.2f}) / "
                       f"({r['llara_profile_bf16_gemm_s']:.2f} + {r['llara_profile_bf16_attention_s']:.2f}) = "
